@@ -1,0 +1,135 @@
+//! `swarm daemon`: wires one node together and owns its lifetime.
+//!
+//! Takes the node's data root (locked so two daemons never share it), loads
+//! the data plane, binds the API socket, then hands every long-running part
+//! to the [`Supervisor`] and waits for SIGTERM/SIGINT. Must never contain a
+//! control loop's logic itself: it only builds and starts them.
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use crate::{
+    api::server::{ApiError, ApiServer, SharedDataplane},
+    dataplane::{Dataplane, DataplaneError, XdpMode, ebpf::EbpfDataplane},
+    host::Host,
+    supervisor::{Supervisor, SupervisorError},
+};
+
+/// Everything `swarm daemon` is told on its command line.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub data_root: PathBuf,
+    pub host: Host,
+    /// Interfaces the data plane attaches to; none means no data plane.
+    pub dataplane_interfaces: Vec<String>,
+    pub xdp_mode: XdpMode,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create data root {path}: {source}")]
+    DataRoot {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "data root {0} is in use by another swarm daemon; stop it or pass a different --data-root"
+    )]
+    DataRootLocked(PathBuf),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+/// Holds the data root's lock for the daemon's lifetime.
+fn lock_data_root(root: &Path) -> Result<File, DaemonError> {
+    std::fs::create_dir_all(root).map_err(|source| DaemonError::DataRoot {
+        path: root.into(),
+        source,
+    })?;
+    let lock_path = root.join("swarm.lock");
+    let file = File::create(&lock_path).map_err(|source| DaemonError::DataRoot {
+        path: lock_path.clone(),
+        source,
+    })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DaemonError::DataRootLocked(root.into())),
+        Err(std::fs::TryLockError::Error(source)) => Err(DaemonError::DataRoot {
+            path: lock_path,
+            source,
+        }),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+async fn termination() -> Result<impl std::future::Future<Output = ()>, DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+/// Runs a node until it is told to stop or a part of it fails.
+pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
+    let _lock = lock_data_root(&config.data_root)?;
+    tracing::info!(
+        version = crate::version::VERSION,
+        commit = crate::version::GIT_COMMIT,
+        data_root = %config.data_root.display(),
+        "swarm daemon starting"
+    );
+    let stop = termination().await?;
+
+    let dataplane: Option<SharedDataplane> = if config.dataplane_interfaces.is_empty() {
+        tracing::info!("no --dataplane-interface given: running without a data plane");
+        None
+    } else {
+        let mut dp = EbpfDataplane::load(config.xdp_mode)?;
+        for iface in &config.dataplane_interfaces {
+            dp.attach(iface)?;
+        }
+        Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>)))
+    };
+
+    let mut supervisor = Supervisor::new(config.shutdown_timeout);
+    supervisor.spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone()).await?);
+    let res = supervisor.run_until(stop).await;
+    // Programs detach when the data plane is dropped, after the API that
+    // reads it has stopped.
+    drop(dataplane);
+    tracing::info!("swarm daemon stopped");
+    res.map_err(Into::into)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_root_is_exclusive() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_root(dir.path()).unwrap();
+        assert!(matches!(
+            lock_data_root(dir.path()),
+            Err(DaemonError::DataRootLocked(_))
+        ));
+        drop(first);
+        lock_data_root(dir.path()).unwrap();
+    }
+}

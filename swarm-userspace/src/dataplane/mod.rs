@@ -1,0 +1,91 @@
+//! The node's packet path, behind the [`Dataplane`] seam.
+//!
+//! Owns what is attached to which interface and the counters it keeps.
+//! Implementations: [`ebpf::EbpfDataplane`] (XDP + TC programs loaded with
+//! aya). An IPVS fallback will implement the same trait. This module must
+//! never decide policy (which services exist, where tasks run): callers tell
+//! it what to program.
+pub mod ebpf;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// How to attach XDP programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Driver mode only; attaching fails if the driver lacks XDP support.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Generic,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "no network interface named {0:?} in this node's network namespace; check --dataplane-interface"
+    )]
+    NoSuchInterface(String),
+    #[error(
+        "loading the eBPF object failed: {0}; the kernel needs BPF and BTF support, and the daemon needs root (CAP_BPF, CAP_NET_ADMIN)"
+    )]
+    Load(String),
+    #[error("attaching {program} to {interface} failed: {reason}")]
+    Attach {
+        program: &'static str,
+        interface: String,
+        reason: String,
+    },
+    #[error("interface {0:?} is already attached")]
+    AlreadyAttached(String),
+    #[error("reading map {map} failed: {reason}")]
+    MapRead { map: &'static str, reason: String },
+}
+
+/// One program on one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachedProgram {
+    pub name: String,
+    pub kind: String,
+    pub attach_mode: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AttachedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub programs: Vec<AttachedProgram>,
+}
+
+/// Counter identity: interface name, direction, traffic class.
+pub type CounterId = (String, &'static str, &'static str);
+
+/// Packets and bytes, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DataplaneStatus {
+    pub backend: String,
+    pub interfaces: Vec<AttachedInterface>,
+    pub counters: BTreeMap<CounterId, Counter>,
+}
+
+/// A node's packet path. Calls are quick (map updates and reads); callers
+/// may hold a lock across them.
+pub trait Dataplane: Send + Sync {
+    /// Short backend name: "ebpf", "ipvs".
+    fn backend(&self) -> &'static str;
+    /// Attaches the node's programs to `interface`.
+    fn attach(&mut self, interface: &str) -> Result<(), DataplaneError>;
+    /// Detaches everything from `interface`; unknown interfaces are a no-op.
+    fn detach(&mut self, interface: &str);
+    /// What is attached, and the counters.
+    fn status(&self) -> Result<DataplaneStatus, DataplaneError>;
+}

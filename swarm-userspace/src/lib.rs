@@ -1,0 +1,18 @@
+//! The swarm orchestrator: daemon, local API and command-line client.
+//!
+//! Map (see ARCHITECTURE.md): `daemon` wires a node together and owns its
+//! lifetime; `supervisor` runs the node's control loops; `api` is the
+//! node-local gRPC API on a unix socket (server and client); `dataplane` is
+//! the packet path behind the [`dataplane::Dataplane`] seam; `cli` is the
+//! command line. Manager parts (`store`, `raft`, `ca`, `controlapi`,
+//! `orchestrator`, `scheduler`, `allocator`, `dispatcher`) and agent parts
+//! (`worker`, `executor`, `runtime`) join as they land.
+
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod dataplane;
+pub mod host;
+pub mod logging;
+pub mod supervisor;
+pub mod version;
