@@ -1,6 +1,6 @@
 //! Compiles the .proto files under `swarm/` for tonic and prost.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["swarm/v1/system.proto"];
+    let protos = ["swarm/v1/system.proto", "swarm/v1/raft.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -14,5 +14,6 @@ pub mod daemon;
 pub mod dataplane;
 pub mod host;
 pub mod logging;
+pub mod raft;
 pub mod supervisor;
 pub mod version;

@@ -38,7 +38,7 @@ const BPF_NOEXIST: u64 = 1;
 fn count(ifindex: u32, direction: Direction, class: TrafficClass, len: u64) {
     let key = CounterKey::new(ifindex, direction, class);
     for _ in 0..2 {
-        if let Some(c) = SWARM_COUNTERS.get_ptr_mut(&key) {
+        if let Some(c) = SWARM_COUNTERS.get_ptr_mut(key) {
             // SAFETY: per-CPU value: no other CPU writes this slot, and the
             // pointer comes from the map lookup, valid for this program run.
             unsafe {
@@ -51,7 +51,7 @@ fn count(ifindex: u32, direction: Direction, class: TrafficClass, len: u64) {
             packets: 1,
             bytes: len,
         };
-        if SWARM_COUNTERS.insert(&key, &first, BPF_NOEXIST).is_ok() {
+        if SWARM_COUNTERS.insert(key, first, BPF_NOEXIST).is_ok() {
             return;
         }
         // Lost the insert race (or the map is full): look up once more.

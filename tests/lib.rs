@@ -1,0 +1,1 @@
+//! Integration tests live beside this file; the harness is `tests/harness`.
