@@ -17,10 +17,12 @@
 //! `swarm-manager` or `swarm-worker`) and the cluster ID (O), as Docker's do.
 
 pub mod cert;
+pub mod store;
 pub mod token;
 
 pub use cert::{
     CertError, IssuedCert, MIN_NODE_CERT_VALIDITY, NODE_CERT_VALIDITY, NodeCert, NodeIdentity,
     NodeKey, ROOT_CA_VALIDITY, Role, RootCa, RootCert, renewal_deadline,
 };
+pub use store::{NodeCredentials, StoreError};
 pub use token::{Digest, JoinToken, JoinTokens, TokenError, new_id};
