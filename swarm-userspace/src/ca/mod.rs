@@ -16,13 +16,25 @@
 //! A node certificate names the random node ID (CN), the role (OU
 //! `swarm-manager` or `swarm-worker`) and the cluster ID (O), as Docker's do.
 
+pub mod authz;
 pub mod cert;
+pub mod incoming;
 pub mod store;
+pub mod tls;
 pub mod token;
 
+#[cfg(test)]
+mod transport_tests;
+
+pub use authz::{Access, AuthzLayer, Policy, PolicyError, peer_identity};
 pub use cert::{
     CertError, IssuedCert, MIN_NODE_CERT_VALIDITY, NODE_CERT_VALIDITY, NodeCert, NodeIdentity,
     NodeKey, ROOT_CA_VALIDITY, Role, RootCa, RootCert, renewal_deadline,
 };
+pub use incoming::{IncomingConfig, PeerInfo, TlsConnection, TlsIncoming};
 pub use store::{NodeCredentials, StoreError};
+pub use tls::{
+    ClientTls, NoRevocations, RevocationList, RevokedNodes, ServerTls, TlsError, TlsIdentity,
+    connect, connect_lazy, fetch_pinned_root_ca, fetch_pinned_root_ca_with_timeout,
+};
 pub use token::{Digest, JoinToken, JoinTokens, TokenError, new_id};
