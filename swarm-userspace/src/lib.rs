@@ -9,6 +9,7 @@
 //! (`worker`, `executor`, `runtime`) join as they land.
 
 pub mod api;
+pub mod ca;
 pub mod cli;
 pub mod daemon;
 pub mod dataplane;
