@@ -4,6 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "swarm/v1/system.proto",
         "swarm/v1/objects.proto",
         "swarm/v1/raft.proto",
+        "swarm/v1/control.proto",
+        "swarm/v1/ca.proto",
+        "swarm/v1/dispatcher.proto",
+        "swarm/v1/swarm.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
