@@ -1,10 +1,13 @@
 //! Compiles the .proto files under `swarm/` for tonic and prost.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["swarm/v1/system.proto"];
+    let protos = ["swarm/v1/system.proto", "swarm/v1/objects.proto"];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");
     }
     tonic_prost_build::configure()
+        // BTreeMap, not HashMap: maps then encode in key order, so every
+        // manager produces the same bytes for the same store snapshot.
+        .btree_map(".")
         .build_server(true)
         .build_client(true)
         .compile_protos(&protos, &["."])?;

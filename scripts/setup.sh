@@ -11,9 +11,11 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-# Debian packages: build deps, kernel tooling, the local registry and image tools.
+# Debian packages: build deps (libprotobuf-dev carries the well-known
+# google/protobuf/*.proto types protoc imports), kernel tooling, the local
+# registry and image tools.
 APT_PKGS=(
-  build-essential pkg-config protobuf-compiler libseccomp-dev
+  build-essential pkg-config protobuf-compiler libprotobuf-dev libseccomp-dev
   iproute2 ethtool bpftool tcpdump iputils-ping nftables
   docker-registry skopeo umoci busybox-static tini
   prometheus curl jq
