@@ -21,6 +21,7 @@
 //! Reads: [`MemoryStore::view`] is an O(1) consistent snapshot; readers and
 //! writers never wait for each other beyond swapping a pointer.
 
+pub mod defaults;
 mod error;
 mod id;
 mod object;
