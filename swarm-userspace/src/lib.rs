@@ -4,7 +4,8 @@
 //! lifetime; `supervisor` runs the node's control loops; `api` is the
 //! node-local gRPC API on a unix socket (server and client); `dataplane` is
 //! the packet path behind the [`dataplane::Dataplane`] seam; `cli` is the
-//! command line. Manager parts (`store`, `raft`, `ca`, `controlapi`,
+//! command line. `store` is the cluster store, the Raft state machine every
+//! manager holds. Other manager parts (`raft`, `ca`, `controlapi`,
 //! `orchestrator`, `scheduler`, `allocator`, `dispatcher`) and agent parts
 //! (`worker`, `executor`, `runtime`) join as they land.
 
@@ -16,5 +17,6 @@ pub mod dataplane;
 pub mod host;
 pub mod logging;
 pub mod raft;
+pub mod store;
 pub mod supervisor;
 pub mod version;

@@ -1,0 +1,325 @@
+//! The agent: a node's side of its session with the leader.
+//!
+//! Owns finding the leader (trying the managers it knows, following
+//! redirects), keeping the session alive with heartbeats, following the
+//! manager list the leader sends, receiving assignments, and renewing the
+//! node's certificate (at a random point between 50% and 80% of its life,
+//! and at once when the managers changed the node's role). Running the
+//! assigned tasks is the executor's job (it arrives with the container
+//! runtime); this module must never start containers itself.
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use swarm_proto::v1::{self as pb, dispatcher_client::DispatcherClient};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::{
+    ca::{self, NodeCert, NodeKey, Role, RootCert, TlsIdentity},
+    dispatcher::LEADER_ADDR_KEY,
+    raft::network::ChannelProvider,
+    supervisor::{ControlLoop, LoopError},
+};
+
+/// What the agent learns that the node should act on or remember.
+pub trait AgentEvents: Send + Sync + 'static {
+    /// The leader sent a new list of manager addresses (leader first).
+    fn managers_changed(&self, managers: &[String]);
+    /// A renewed certificate carries a different role (promote/demote).
+    fn role_changed(&self, role: Role);
+}
+
+/// The node's certificate and where it lives, for renewal.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub root: RootCert,
+    pub cert: NodeCert,
+    pub identity: TlsIdentity,
+    pub dir: std::path::PathBuf,
+    /// Sent with renewals, used if the renewal makes this node a manager.
+    pub raft_id: u64,
+    pub advertise_addr: String,
+}
+
+/// The tasks currently assigned to this node, by ID.
+pub type Assigned = Arc<Mutex<BTreeMap<String, pb::Task>>>;
+
+pub struct Agent {
+    node_id: String,
+    creds: Credentials,
+    /// When the certificate is due for renewal.
+    renew_at: tokio::time::Instant,
+    description: pb::NodeDescription,
+    channels: Arc<dyn ChannelProvider>,
+    managers: Vec<String>,
+    events: Arc<dyn AgentEvents>,
+    assigned: Assigned,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    /// Go to this address next (the leader, as a follower told us).
+    Redirect(String),
+    Failed(String),
+}
+
+impl Agent {
+    pub fn new(
+        node_id: String,
+        description: pb::NodeDescription,
+        channels: Arc<dyn ChannelProvider>,
+        managers: Vec<String>,
+        events: Arc<dyn AgentEvents>,
+        creds: Credentials,
+    ) -> Self {
+        let renew_at = renewal_instant(&creds.cert);
+        Agent {
+            node_id,
+            creds,
+            renew_at,
+            description,
+            channels,
+            managers,
+            events,
+            assigned: Arc::new(Mutex::new(BTreeMap::new())),
+        }
+    }
+
+    pub fn assigned(&self) -> Assigned {
+        self.assigned.clone()
+    }
+
+    async fn session(&mut self, addr: &str, shutdown: &CancellationToken) -> SessionEnd {
+        let channel = match self.channels.channel(addr) {
+            Ok(c) => c,
+            Err(e) => return SessionEnd::Failed(e),
+        };
+        let mut client = DispatcherClient::new(channel.clone());
+        let req = pb::SessionRequest {
+            description: Some(self.description.clone()),
+            session_id: String::new(),
+        };
+        let mut stream = match client.session(req).await {
+            Ok(s) => s.into_inner(),
+            Err(s) => return redirect_or_fail(&s),
+        };
+        let first = match stream.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return SessionEnd::Failed("session closed at once".into()),
+            Err(s) => return redirect_or_fail(&s),
+        };
+        let session_id = first.session_id.clone();
+        self.apply_session_message(&first);
+        tracing::info!(manager = addr, %session_id, "session with the leader established");
+        let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
+        // Beat twice per period: one lost heartbeat must not cost the node.
+        let mut beat = tokio::time::interval(period / 2);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let mut assignments = match client
+            .assignments(pb::AssignmentsRequest {
+                session_id: session_id.clone(),
+            })
+            .await
+        {
+            Ok(s) => s.into_inner(),
+            Err(s) => return redirect_or_fail(&s),
+        };
+
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return SessionEnd::Shutdown,
+                () = tokio::time::sleep_until(self.renew_at) => {
+                    if let Err(e) = self.renew(&channel).await {
+                        tracing::warn!(error = %e, "certificate renewal failed; retrying in 5 s");
+                        self.renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
+                    }
+                }
+                _ = beat.tick() => {
+                    let hb = client.heartbeat(pb::HeartbeatRequest { session_id: session_id.clone() });
+                    match tokio::time::timeout(period * 2, hb).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(s)) => return redirect_or_fail(&s),
+                        Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
+                    }
+                }
+                msg = stream.message() => match msg {
+                    Ok(Some(m)) => self.apply_session_message(&m),
+                    Ok(None) => return SessionEnd::Failed("the leader ended the session".into()),
+                    Err(s) => return redirect_or_fail(&s),
+                },
+                msg = assignments.message() => match msg {
+                    Ok(Some(m)) => self.apply_assignments(m),
+                    Ok(None) => return SessionEnd::Failed("the assignment stream ended".into()),
+                    Err(s) => return redirect_or_fail(&s),
+                },
+            }
+        }
+    }
+
+    fn apply_session_message(&mut self, m: &pb::SessionMessage) {
+        if !m.managers.is_empty() && m.managers != self.managers {
+            self.managers = m.managers.clone();
+            self.events.managers_changed(&self.managers);
+        }
+        // The managers changed our role: renew now to get a certificate
+        // that says so.
+        if let Some(node) = &m.node {
+            let want = if node.role == pb::NodeRole::Manager as i32 {
+                Role::Manager
+            } else {
+                Role::Worker
+            };
+            if want != self.creds.cert.identity().role {
+                tracing::info!(
+                    ?want,
+                    "role changed by the managers; renewing the certificate"
+                );
+                self.renew_at = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    /// Gets a new certificate for a new key from the manager at `addr`.
+    async fn renew(&mut self, client: &Channel) -> Result<(), String> {
+        let key = NodeKey::generate().map_err(|e| e.to_string())?;
+        let csr = key
+            .generate_csr(Some(&self.node_id))
+            .map_err(|e| e.to_string())?;
+        let resp = pb::node_ca_client::NodeCaClient::new(client.clone())
+            .renew_node_certificate(pb::RenewNodeCertificateRequest {
+                csr_pem: csr.into_bytes(),
+                raft_id: self.creds.raft_id,
+                advertise_addr: self.creds.advertise_addr.clone(),
+            })
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        let cert = NodeCert::from_pem(&String::from_utf8_lossy(&resp.certificate_pem))
+            .map_err(|e| e.to_string())?;
+        if !cert.matches_key(&key) {
+            return Err("the renewed certificate is not for our key".into());
+        }
+        let dir = self.creds.dir.clone();
+        let (c2, k2) = (
+            cert.clone(),
+            NodeKey::from_pem(&key.to_pem()).map_err(|e| e.to_string())?,
+        );
+        tokio::task::spawn_blocking(move || ca::store::save_node(&dir, &c2, &k2))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        self.creds
+            .identity
+            .replace(&self.creds.root, &cert, &key)
+            .map_err(|e| e.to_string())?;
+        let old_role = self.creds.cert.identity().role;
+        let new_role = cert.identity().role;
+        self.creds.cert = cert;
+        self.renew_at = renewal_instant(&self.creds.cert);
+        tracing::info!(role = ?new_role, "node certificate renewed");
+        if old_role != new_role {
+            self.events.role_changed(new_role);
+        }
+        Ok(())
+    }
+
+    fn apply_assignments(&self, m: pb::AssignmentsMessage) {
+        let mut a = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
+        if m.r#type == pb::assignments_message::Type::Full as i32 {
+            a.clear();
+        }
+        for t in m.updated_tasks {
+            if let Some(id) = t.meta.as_ref().map(|m| m.id.clone()) {
+                a.insert(id, t);
+            }
+        }
+        for id in m.removed_task_ids {
+            a.remove(&id);
+        }
+        tracing::debug!(tasks = a.len(), "assignments updated");
+    }
+}
+
+/// A random point between 50% and 80% of the certificate's life, as a
+/// tokio instant (now, if that point has passed).
+fn renewal_instant(cert: &NodeCert) -> tokio::time::Instant {
+    let at = cert.renewal_deadline(&mut rand::rng());
+    let wait = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + wait
+}
+
+fn redirect_or_fail(s: &tonic::Status) -> SessionEnd {
+    if s.code() == tonic::Code::FailedPrecondition
+        && let Some(addr) = s
+            .metadata()
+            .get(LEADER_ADDR_KEY)
+            .and_then(|v| v.to_str().ok())
+    {
+        return SessionEnd::Redirect(addr.to_string());
+    }
+    SessionEnd::Failed(format!("{}: {}", s.code(), s.message()))
+}
+
+impl ControlLoop for Agent {
+    fn name(&self) -> &'static str {
+        "agent"
+    }
+
+    async fn run(mut self, shutdown: CancellationToken) -> Result<(), LoopError> {
+        let mut next: usize = 0;
+        let mut hint: Option<String> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let addr = match hint.take() {
+                Some(a) => a,
+                None => {
+                    if self.managers.is_empty() {
+                        return Err("this node knows no manager; rejoin the swarm".into());
+                    }
+                    let a = self.managers[next % self.managers.len()].clone();
+                    next = next.wrapping_add(1);
+                    a
+                }
+            };
+            let started = tokio::time::Instant::now();
+            let end = self.session(&addr, &shutdown).await;
+            if started.elapsed() > Duration::from_secs(5) {
+                // It was a working session: reconnect quickly.
+                backoff = Duration::from_millis(100);
+            }
+            match end {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Redirect(leader) => {
+                    tracing::debug!(from = %addr, to = %leader, "redirected to the leader");
+                    hint = Some(leader);
+                    continue;
+                }
+                SessionEnd::Failed(why) => {
+                    tracing::info!(manager = %addr, reason = %why, "session lost; trying the next manager");
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+        }
+    }
+}

@@ -1,0 +1,333 @@
+//! The control API (`swarm node ...`, `swarm join-token ...`): validates
+//! requests, reads from the local store, and turns changes into store
+//! batches proposed on the leader. A follower forwards every call that
+//! writes to the leader; reads answer from local memory, so they work
+//! without quorum.
+//!
+//! Must never hand out the CA's private key: cluster objects leave the
+//! manager scrubbed.
+use std::sync::Arc;
+
+use swarm_proto::v1::{self as pb, control_client::ControlClient, control_server};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    ca::JoinToken,
+    manager::{Manager, caserver::propose_status},
+    store::WriteTx,
+};
+
+#[derive(Clone, Debug)]
+pub struct ControlApi {
+    m: Manager,
+}
+
+impl ControlApi {
+    pub fn new(m: Manager) -> Self {
+        ControlApi { m }
+    }
+    pub fn into_server(self) -> control_server::ControlServer<Self> {
+        control_server::ControlServer::new(self)
+    }
+
+    /// Refuses a demotion that would leave no manager or lose quorum;
+    /// returns the manager's Raft ID.
+    fn check_demotion(&self, node: &pb::Node) -> Result<u64, Status> {
+        let id = node
+            .meta
+            .as_ref()
+            .map(|m| m.id.as_str())
+            .unwrap_or_default();
+        let raft_id = node
+            .manager_status
+            .as_ref()
+            .map(|s| s.raft_id)
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("node {id} is not a manager yet"))
+            })?;
+        let managers = self
+            .m
+            .store
+            .view()
+            .list::<pb::Node>()
+            .filter(|n| n.role == pb::NodeRole::Manager as i32)
+            .count();
+        if managers <= 1 {
+            return Err(Status::failed_precondition(format!(
+                "attempting to demote the last manager of the swarm ({id})"
+            )));
+        }
+        let (reachable, voters) = self.m.proposer.reachability();
+        let target_counted = usize::from(
+            raft_id == self.m.config.raft_id || self.m.proposer.peer_reachable(raft_id),
+        );
+        let after_reachable = reachable.saturating_sub(target_counted);
+        let after_voters = voters.saturating_sub(1);
+        if after_reachable * 2 <= after_voters {
+            return Err(Status::failed_precondition(format!(
+                "can't demote {id}: it would result in a loss of quorum ({after_reachable} of {after_voters} remaining managers reachable)"
+            )));
+        }
+        Ok(raft_id)
+    }
+
+    fn leader(&self) -> Result<ControlClient<tonic::transport::Channel>, Status> {
+        self.m
+            .leader_channel()
+            .map(ControlClient::new)
+            .map_err(propose_status)
+    }
+}
+
+/// Finds one node by ID, unique ID prefix or hostname.
+pub fn resolve_node(m: &Manager, r: &str) -> Result<Arc<pb::Node>, Status> {
+    let view = m.store.view();
+    if let Some(n) = view.get::<pb::Node>(r) {
+        return Ok(n);
+    }
+    let by_host: Vec<Arc<pb::Node>> = view
+        .list::<pb::Node>()
+        .filter(|n| n.description.as_ref().is_some_and(|d| d.hostname == r))
+        .collect();
+    let by_prefix = view.find_by_id_prefix::<pb::Node>(r);
+    let found: Vec<Arc<pb::Node>> = if by_host.is_empty() {
+        by_prefix
+    } else {
+        by_host
+    };
+    match found.len() {
+        0 => Err(Status::not_found(format!("node {r} not found"))),
+        1 => Ok(found.into_iter().next().expect("one element")),
+        n => Err(Status::invalid_argument(format!(
+            "node {r} is ambiguous ({n} matches): use a longer ID prefix"
+        ))),
+    }
+}
+
+/// A cluster object safe to hand to a client: no CA key.
+pub fn scrub(c: &pb::Cluster) -> pb::Cluster {
+    let mut c = c.clone();
+    if let Some(rc) = c.root_ca.as_mut() {
+        rc.ca_key_pem.clear();
+        if let Some(rot) = rc.root_rotation.as_mut() {
+            rot.ca_key_pem.clear();
+        }
+    }
+    if let Some(ca) = c.spec.as_mut().and_then(|s| s.ca_config.as_mut()) {
+        ca.signing_ca_key_pem.clear();
+    }
+    c.unlock_keys.clear();
+    c.network_bootstrap_keys.clear();
+    c
+}
+
+pub fn raft_status(m: &Manager) -> pb::RaftStatus {
+    let metrics = m.raft.metrics().borrow().clone();
+    let (reachable, managers) = m.proposer.reachability();
+    pb::RaftStatus {
+        raft_id: metrics.id,
+        term: metrics.current_term,
+        leader_raft_id: metrics.current_leader.unwrap_or(0),
+        state: format!("{:?}", metrics.state),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
+        last_applied: metrics.last_applied.map_or(0, |l| l.index),
+        managers: u32::try_from(managers).unwrap_or(u32::MAX),
+        reachable_managers: u32::try_from(reachable).unwrap_or(u32::MAX),
+    }
+}
+
+fn cluster_of(m: &Manager) -> Result<Arc<pb::Cluster>, Status> {
+    m.cluster()
+        .ok_or_else(|| Status::unavailable("the swarm is still initialising; retry"))
+}
+
+#[tonic::async_trait]
+impl control_server::Control for ControlApi {
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::GetNodeResponse>, Status> {
+        let n = resolve_node(&self.m, &req.get_ref().node_ref)?;
+        Ok(Response::new(pb::GetNodeResponse {
+            node: Some((*n).clone()),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        let role = req.get_ref().role;
+        let nodes = self
+            .m
+            .store
+            .view()
+            .list::<pb::Node>()
+            .filter(|n| role.is_none_or(|r| n.role == r))
+            .map(|n| (*n).clone())
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<pb::UpdateNodeResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.leader()?.update_node(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("the update carries no node spec"))?;
+        let current = self
+            .m
+            .store
+            .view()
+            .get::<pb::Node>(&r.node_id)
+            .ok_or_else(|| Status::not_found(format!("node {} not found", r.node_id)))?;
+        let version = current.meta.as_ref().map_or(0, |m| m.version);
+        if r.node_version != version {
+            return Err(Status::aborted(format!(
+                "node {} changed since it was read (version {} now, {} read); read it again and retry",
+                r.node_id, version, r.node_version
+            )));
+        }
+        let mut node = (*current).clone();
+        let mut demoted_raft_id = None;
+        if spec.desired_role != node.role {
+            if spec.desired_role == pb::NodeRole::Manager as i32 {
+                // The node's agent sees the new role, renews its
+                // certificate, and the CA adds it to Raft.
+                node.role = pb::NodeRole::Manager as i32;
+            } else {
+                demoted_raft_id = Some(self.check_demotion(&node)?);
+                node.role = pb::NodeRole::Worker as i32;
+                node.manager_status = None;
+            }
+        }
+        node.spec = Some(spec);
+        let id = r.node_id.clone();
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.update(node))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        if let Some(raft_id) = demoted_raft_id {
+            tokio::spawn(crate::manager::caserver::remove_raft_voter(
+                self.m.clone(),
+                raft_id,
+            ));
+        }
+        let node = self
+            .m
+            .store
+            .view()
+            .get::<pb::Node>(&id)
+            .map(|n| (*n).clone());
+        Ok(Response::new(pb::UpdateNodeResponse { node }))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.leader()?.remove_node(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let node = resolve_node(&self.m, &r.node_id)?;
+        let id = node.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        if node.role == pb::NodeRole::Manager as i32 || node.manager_status.is_some() {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is a cluster manager and is a member of the raft cluster. It must be demoted to worker before removal"
+            )));
+        }
+        let state = node.status.as_ref().map_or(0, |s| s.state);
+        if !r.force && state != pb::NodeState::Down as i32 {
+            return Err(Status::failed_precondition(format!(
+                "node {id} is not down and can't be removed: stop it first, or use --force"
+            )));
+        }
+        let mut cluster = (*cluster_of(&self.m)?).clone();
+        if !cluster.removed_node_ids.contains(&id) {
+            cluster.removed_node_ids.push(id.clone());
+        }
+        let tasks = self.m.store.view().tasks_by_node(&id);
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| {
+                tx.remove::<pb::Node>(&id)?;
+                tx.update(cluster)?;
+                // Its tasks go with it; the orchestrators replace them.
+                for t in tasks {
+                    if let Some(m) = &t.meta {
+                        tx.remove::<pb::Task>(&m.id)?;
+                    }
+                }
+                Ok::<(), crate::store::StoreError>(())
+            })
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(node_id = %id, "node removed; its certificate is now refused");
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn get_cluster(
+        &self,
+        _req: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        let c = cluster_of(&self.m)?;
+        Ok(Response::new(pb::GetClusterResponse {
+            cluster: Some(scrub(&c)),
+            raft: Some(raft_status(&self.m)),
+        }))
+    }
+
+    async fn rotate_join_token(
+        &self,
+        req: Request<pb::RotateJoinTokenRequest>,
+    ) -> Result<Response<pb::RotateJoinTokenResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.leader()?.rotate_join_token(req.into_inner()).await;
+        }
+        let r = req.into_inner();
+        let mut cluster = (*cluster_of(&self.m)?).clone();
+        let root = self.m.root.clone();
+        let rc = cluster
+            .root_ca
+            .as_mut()
+            .ok_or_else(|| Status::internal("the cluster has no root CA"))?;
+        let tokens = rc.join_tokens.get_or_insert_with(Default::default);
+        if r.worker {
+            tokens.worker = JoinToken::generate(&root).to_string();
+        }
+        if r.manager {
+            tokens.manager = JoinToken::generate(&root).to_string();
+        }
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.update(cluster))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        let c = cluster_of(&self.m)?;
+        Ok(Response::new(pb::RotateJoinTokenResponse {
+            cluster: Some(scrub(&c)),
+        }))
+    }
+}

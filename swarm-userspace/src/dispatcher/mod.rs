@@ -1,0 +1,477 @@
+//! The dispatcher: node sessions with the leader.
+//!
+//! Owns the leader's view of which nodes are alive: a node opens a session,
+//! heartbeats within the period it is given, receives its assignments as a
+//! stream and reports task status. A node that misses
+//! [`MISSED_HEARTBEATS`] periods is marked DOWN in the store; one that opens
+//! a session is marked READY. It also keeps the managers' status (leader,
+//! reachability) current in the store, so every manager shows the same
+//! `node ls`. Runs only on the leader: on other managers every call answers
+//! FAILED_PRECONDITION naming the leader. Decisions about what to do with a
+//! down node's tasks belong to the orchestrators, not here.
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use swarm_proto::v1::{self as pb, dispatcher_server};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::{
+    ca::{self, NodeIdentity},
+    manager::{Manager, caserver::manager_addrs},
+    store::{WatchItem, WriteTx, new_id},
+};
+
+/// Default heartbeat period: a dead node is marked down within
+/// `period × MISSED_HEARTBEATS` plus one check, about 4 s (docker: 15 s).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Periods a node may miss before it is marked down.
+pub const MISSED_HEARTBEATS: u32 = 3;
+/// Metadata key carrying the leader's address on a redirect.
+pub const LEADER_ADDR_KEY: &str = "swarm-leader-addr";
+
+struct Session {
+    id: String,
+    last_seen: Instant,
+    /// Dropping it ends the session's stream.
+    _stop: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Dispatcher {
+    m: Manager,
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    /// When this manager last became leader: nodes get a grace period
+    /// from then to reconnect before they are marked down.
+    leader_since: Arc<Mutex<Option<Instant>>>,
+}
+
+impl std::fmt::Debug for Dispatcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Dispatcher")
+    }
+}
+
+fn heartbeat_period(m: &Manager) -> Duration {
+    m.cluster()
+        .and_then(|c| c.spec.clone())
+        .and_then(|s| s.dispatcher)
+        .and_then(|d| d.heartbeat_period)
+        .and_then(|p| Duration::try_from(p).ok())
+        .filter(|p| !p.is_zero())
+        .unwrap_or(DEFAULT_HEARTBEAT)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Dispatcher {
+    pub fn new(m: Manager) -> Self {
+        Dispatcher {
+            m,
+            sessions: Arc::new(Mutex::new(HashMap::new())),
+            leader_since: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    pub fn into_server(self) -> dispatcher_server::DispatcherServer<Self> {
+        dispatcher_server::DispatcherServer::new(self)
+    }
+
+    fn not_leader(&self) -> Status {
+        let leader = self.m.proposer.leader_addr();
+        let msg = match &leader {
+            Some(a) => format!("this manager is not the leader; the leader is at {a}"),
+            None => "this manager is not the leader and no leader is known".to_string(),
+        };
+        let mut s = Status::failed_precondition(msg);
+        if let Some(a) = leader
+            && let Ok(v) = a.parse()
+        {
+            s.metadata_mut().insert(LEADER_ADDR_KEY, v);
+        }
+        s
+    }
+
+    fn caller<T>(&self, req: &Request<T>) -> Result<NodeIdentity, Status> {
+        ca::peer_identity(req)
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("sessions need a node certificate"))
+    }
+
+    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+        let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        match s.get_mut(node_id) {
+            Some(sess) if sess.id == session_id => {
+                sess.last_seen = Instant::now();
+                Ok(())
+            }
+            _ => Err(Status::not_found(
+                "session not found (the leader changed or the session expired); open a new session",
+            )),
+        }
+    }
+
+    /// Writes the node's status; `description` and `addr` when given.
+    async fn set_node_state(
+        &self,
+        node_id: &str,
+        state: pb::NodeState,
+        message: &str,
+        description: Option<pb::NodeDescription>,
+        addr: Option<String>,
+    ) -> Result<(), Status> {
+        let Some(node) = self.m.store.view().get::<pb::Node>(node_id) else {
+            return Err(Status::permission_denied(
+                "this node is not part of the swarm",
+            ));
+        };
+        let mut n = (*node).clone();
+        let status = n.status.get_or_insert_with(Default::default);
+        status.state = state as i32;
+        status.message = message.to_string();
+        if let Some(a) = addr {
+            status.addr = a;
+        }
+        if let Some(d) = description {
+            n.description = Some(d);
+        }
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.update(n))
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(crate::manager::caserver::propose_status)?;
+        Ok(())
+    }
+
+    fn session_message(&self, node_id: &str, session_id: &str) -> pb::SessionMessage {
+        pb::SessionMessage {
+            session_id: session_id.to_string(),
+            node: self
+                .m
+                .store
+                .view()
+                .get::<pb::Node>(node_id)
+                .map(|n| (*n).clone()),
+            managers: manager_addrs(&self.m),
+            heartbeat_period_ms: millis(heartbeat_period(&self.m)),
+        }
+    }
+
+    /// The leader's periodic duties: mark silent nodes down, keep manager
+    /// status current. Runs on every manager, acts only while leader.
+    pub async fn run_leader_duties(self, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if !self.m.is_leader() {
+                *self
+                    .leader_since
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
+                self.sessions
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clear();
+                continue;
+            }
+            let since = *self
+                .leader_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_or_insert_with(Instant::now);
+            if let Err(e) = self.reconcile(since).await {
+                tracing::debug!(error = %e, "dispatcher duties: will retry");
+            }
+        }
+    }
+
+    async fn reconcile(&self, leader_since: Instant) -> Result<(), Status> {
+        let period = heartbeat_period(&self.m);
+        let grace = period * MISSED_HEARTBEATS;
+        let metrics = self.m.raft.metrics().borrow().clone();
+        let leader_raft = metrics.current_leader;
+        let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
+        let view = self.m.store.view();
+        let mut updates = Vec::new();
+        {
+            let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            for node in view.list::<pb::Node>() {
+                let id = node.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+                let mut n = (*node).clone();
+                let mut changed = false;
+                let alive = match sessions.get(&id) {
+                    Some(s) => s.last_seen.elapsed() <= grace,
+                    None => leader_since.elapsed() <= grace,
+                };
+                let state = n.status.as_ref().map_or(0, |s| s.state);
+                if !alive && state != pb::NodeState::Down as i32 {
+                    let st = n.status.get_or_insert_with(Default::default);
+                    st.state = pb::NodeState::Down as i32;
+                    st.message = "heartbeat failure".into();
+                    changed = true;
+                    tracing::info!(node_id = %id, "node marked down: heartbeat failure");
+                }
+                if let Some(ms) = n.manager_status.as_mut() {
+                    let leader = Some(ms.raft_id) == leader_raft;
+                    let reachable = leader
+                        || (voters.contains(&ms.raft_id)
+                            && self.m.proposer.peer_reachable(ms.raft_id));
+                    let r = if reachable {
+                        pb::Reachability::Reachable
+                    } else {
+                        pb::Reachability::Unreachable
+                    } as i32;
+                    if ms.leader != leader || ms.reachability != r {
+                        ms.leader = leader;
+                        ms.reachability = r;
+                        changed = true;
+                    }
+                }
+                if changed {
+                    updates.push(n);
+                }
+            }
+        }
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| {
+                for n in updates {
+                    tx.update(n)?;
+                }
+                Ok::<(), crate::store::StoreError>(())
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map(|_| ())
+            .map_err(crate::manager::caserver::propose_status)
+    }
+}
+
+type SessionStream = ReceiverStream<Result<pb::SessionMessage, Status>>;
+type AssignmentsStream = ReceiverStream<Result<pb::AssignmentsMessage, Status>>;
+
+#[tonic::async_trait]
+impl dispatcher_server::Dispatcher for Dispatcher {
+    type SessionStream = SessionStream;
+    type AssignmentsStream = AssignmentsStream;
+
+    async fn session(
+        &self,
+        req: Request<pb::SessionRequest>,
+    ) -> Result<Response<SessionStream>, Status> {
+        if !self.m.is_leader() {
+            return Err(self.not_leader());
+        }
+        let who = self.caller(&req)?;
+        let remote = req
+            .extensions()
+            .get::<ca::PeerInfo>()
+            .map(|p| p.remote_addr.ip().to_string());
+        let r = req.into_inner();
+        let session_id = new_id();
+        let stop = CancellationToken::new();
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                who.node_id.clone(),
+                Session {
+                    id: session_id.clone(),
+                    last_seen: Instant::now(),
+                    _stop: stop.clone(),
+                },
+            );
+        self.set_node_state(
+            &who.node_id,
+            pb::NodeState::Ready,
+            "",
+            r.description,
+            remote,
+        )
+        .await?;
+        tracing::info!(node_id = %who.node_id, %session_id, "session opened");
+
+        let (tx, rx) = mpsc::channel(4);
+        let first = self.session_message(&who.node_id, &session_id);
+        let this = self.clone();
+        let node_id = who.node_id.clone();
+        tokio::spawn(async move {
+            let mut last = first.clone();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let (_, mut watch) = this.m.store.watch();
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tx.closed() => return,
+                    item = watch.recv() => {
+                        if item.is_none() { return; }
+                    }
+                }
+                if !this.m.is_leader() {
+                    let _ = tx.send(Err(this.not_leader())).await;
+                    return;
+                }
+                let msg = this.session_message(&node_id, &session_id);
+                if msg != last {
+                    last = msg.clone();
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        if !self.m.is_leader() {
+            return Err(self.not_leader());
+        }
+        let who = self.caller(&req)?;
+        self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            period_ms: millis(heartbeat_period(&self.m)),
+        }))
+    }
+
+    async fn assignments(
+        &self,
+        req: Request<pb::AssignmentsRequest>,
+    ) -> Result<Response<AssignmentsStream>, Status> {
+        if !self.m.is_leader() {
+            return Err(self.not_leader());
+        }
+        let who = self.caller(&req)?;
+        self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        let (tx, rx) = mpsc::channel(16);
+        let store = self.m.store.clone();
+        let node_id = who.node_id;
+        tokio::spawn(async move {
+            let (view, watch) = store.watch();
+            let mut watch = watch.tasks_on_node(&node_id);
+            let full = |view: &crate::store::ReadTx| pb::AssignmentsMessage {
+                r#type: pb::assignments_message::Type::Full as i32,
+                updated_tasks: view
+                    .tasks_by_node(&node_id)
+                    .iter()
+                    .map(|t| (**t).clone())
+                    .collect(),
+                removed_task_ids: Vec::new(),
+            };
+            if tx.send(Ok(full(&view))).await.is_err() {
+                return;
+            }
+            while let Some(item) = watch.recv().await {
+                let msg = match item {
+                    WatchItem::Resync { view, .. } => full(&view),
+                    WatchItem::Commit { events, .. } => {
+                        let mut m = pb::AssignmentsMessage {
+                            r#type: pb::assignments_message::Type::Incremental as i32,
+                            ..Default::default()
+                        };
+                        for e in events {
+                            let Some(t) = e.object.as_task() else {
+                                continue;
+                            };
+                            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+                            let removed = matches!(e.kind, crate::store::EventKind::Removed)
+                                || t.node_id != node_id;
+                            if removed {
+                                m.removed_task_ids.push(id);
+                            } else {
+                                m.updated_tasks.push(t.clone());
+                            }
+                        }
+                        m
+                    }
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn update_task_status(
+        &self,
+        req: Request<pb::UpdateTaskStatusRequest>,
+    ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
+        if !self.m.is_leader() {
+            return Err(self.not_leader());
+        }
+        let who = self.caller(&req)?;
+        self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        let view = self.m.store.view();
+        let mut tasks = Vec::new();
+        for u in &req.get_ref().updates {
+            let Some(t) = view.get::<pb::Task>(&u.task_id) else {
+                continue; // Removed meanwhile: nothing to report to.
+            };
+            if t.node_id != who.node_id {
+                return Err(Status::permission_denied(format!(
+                    "task {} is not assigned to this node",
+                    u.task_id
+                )));
+            }
+            let Some(status) = u.status.clone() else {
+                continue;
+            };
+            let current = t.status.as_ref().map_or(0, |s| s.state);
+            // States only move forward; a late report is dropped.
+            if status.state < current {
+                continue;
+            }
+            let mut nt = (*t).clone();
+            nt.status = Some(status);
+            tasks.push(nt);
+        }
+        if tasks.is_empty() {
+            return Ok(Response::new(pb::UpdateTaskStatusResponse {}));
+        }
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| {
+                for t in tasks {
+                    tx.update(t)?;
+                }
+                Ok::<(), crate::store::StoreError>(())
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(crate::manager::caserver::propose_status)?;
+        Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+}

@@ -1,0 +1,246 @@
+//! A manager: the cluster store, Raft, and the services managers offer on
+//! the cluster port (2377) over mutual TLS: Raft, the CA, the dispatcher
+//! and the control API (for forwarding to the leader).
+//!
+//! Owns the wiring and lifetime of those parts. The decisions live in
+//! their own modules (`controlapi`, `dispatcher`, `store`); this module
+//! must not grow business logic.
+pub mod caserver;
+pub mod channels;
+pub mod fsm;
+pub mod proposer;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use swarm_proto::v1 as pb;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ca::{self, Access, AuthzLayer, Policy, RevocationList, RootCert, ServerTls, TlsIdentity},
+    node::state::SwarmDir,
+    raft::{self, Raft, RaftId, RaftSettings, RaftStorage, network::Contacts},
+    store::MemoryStore,
+    supervisor::{ControlLoop, LoopError},
+};
+
+pub use channels::MtlsChannels;
+pub use proposer::{ProposeError, Proposer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(transparent)]
+    Raft(#[from] raft::RaftError),
+    #[error(
+        "cannot listen for cluster traffic on {addr}: {source}; is another swarm daemon using the port? choose another with --listen-addr"
+    )]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] ca::TlsError),
+    #[error("authorization policy: {0}")]
+    Policy(#[from] ca::PolicyError),
+}
+
+/// Who this manager is and how it runs.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    pub node_id: String,
+    pub cluster_id: String,
+    pub raft_id: RaftId,
+    pub listen_addr: SocketAddr,
+    pub advertise_addr: String,
+    pub dir: SwarmDir,
+    pub raft: RaftSettings,
+}
+
+/// Refuses removed nodes: the cluster object's `removed_node_ids`.
+#[derive(Clone, Debug)]
+pub struct ClusterRevocations(pub MemoryStore);
+
+impl RevocationList for ClusterRevocations {
+    fn is_revoked(&self, node_id: &str) -> bool {
+        self.0
+            .view()
+            .list::<pb::Cluster>()
+            .any(|c| c.removed_node_ids.iter().any(|r| r == node_id))
+    }
+}
+
+/// Which cluster-port methods need which certificate.
+pub fn cluster_policy() -> Result<Policy, ca::PolicyError> {
+    Policy::new([
+        ("/swarm.v1.Raft/", Access::Manager),
+        ("/swarm.v1.Control/", Access::Manager),
+        ("/swarm.v1.NodeCa/IssueNodeCertificate", Access::Anyone),
+        ("/swarm.v1.NodeCa/RenewNodeCertificate", Access::AnyNode),
+        ("/swarm.v1.Dispatcher/", Access::AnyNode),
+    ])
+}
+
+/// A running manager's handles; cheap to clone.
+#[derive(Clone)]
+pub struct Manager {
+    pub config: ManagerConfig,
+    pub store: MemoryStore,
+    pub raft: Raft,
+    pub storage: RaftStorage,
+    pub proposer: Proposer,
+    pub channels: Arc<MtlsChannels>,
+    pub identity: TlsIdentity,
+    pub root: RootCert,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("node_id", &self.config.node_id)
+            .field("raft_id", &self.config.raft_id)
+            .finish()
+    }
+}
+
+impl Manager {
+    /// Opens the store and Raft from disk (empty on first start) and binds
+    /// the cluster port. Serving starts when the returned [`ManagerServer`]
+    /// runs.
+    pub async fn start(
+        config: ManagerConfig,
+        root: RootCert,
+        identity: TlsIdentity,
+    ) -> Result<(Manager, ManagerServer), ManagerError> {
+        let store = MemoryStore::new();
+        let channels = Arc::new(MtlsChannels::new(&root, &identity)?);
+        let contacts = Contacts::default();
+        let (raft, storage) = raft::start(
+            config.raft_id,
+            &config.dir.raft(),
+            &config.raft,
+            &config.cluster_id,
+            Arc::new(fsm::StoreFsm(store.clone())),
+            channels.clone(),
+            contacts.clone(),
+        )
+        .await?;
+        // A peer counts as reachable if it answered within two election
+        // timeouts: long enough to ride out one slow heartbeat.
+        let proposer = Proposer::new(raft.clone(), contacts, config.raft.election_timeout_max * 2);
+        let listener = TcpListener::bind(config.listen_addr)
+            .await
+            .map_err(|source| ManagerError::Listen {
+                addr: config.listen_addr,
+                source,
+            })?;
+        let revocations: Arc<dyn RevocationList> = Arc::new(ClusterRevocations(store.clone()));
+        let server_tls = ServerTls::new(&root, &identity, revocations.clone())?;
+        let manager = Manager {
+            config,
+            store,
+            raft,
+            storage,
+            proposer,
+            channels,
+            identity,
+            root,
+        };
+        let server = ManagerServer {
+            manager: manager.clone(),
+            listener,
+            server_tls,
+            authz: AuthzLayer::new(cluster_policy()?, revocations),
+        };
+        Ok((manager, server))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.proposer.is_leader()
+    }
+
+    /// The cluster object (there is exactly one once the swarm exists).
+    pub fn cluster(&self) -> Option<Arc<pb::Cluster>> {
+        self.store.view().list::<pb::Cluster>().next()
+    }
+
+    /// A gRPC channel to the current leader's cluster port.
+    pub fn leader_channel(&self) -> Result<tonic::transport::Channel, ProposeError> {
+        let addr = self
+            .proposer
+            .leader_addr()
+            .ok_or(ProposeError::NotLeader { leader_addr: None })?;
+        use crate::raft::network::ChannelProvider;
+        self.channels
+            .channel(&addr)
+            .map_err(|e| ProposeError::Raft(format!("connecting to the leader at {addr}: {e}")))
+    }
+
+    /// Waits until some manager is leader (`timeout` bounds the wait).
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Option<RaftId> {
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = rx.borrow().current_leader {
+                return Some(l);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
+/// Serves the cluster port until shutdown, then stops Raft.
+pub struct ManagerServer {
+    manager: Manager,
+    listener: TcpListener,
+    server_tls: ServerTls,
+    authz: AuthzLayer,
+}
+
+impl std::fmt::Debug for ManagerServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManagerServer").finish_non_exhaustive()
+    }
+}
+
+impl ControlLoop for ManagerServer {
+    fn name(&self) -> &'static str {
+        "manager"
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), LoopError> {
+        let m = self.manager;
+        tracing::info!(
+            listen = %m.config.listen_addr,
+            advertise = %m.config.advertise_addr,
+            node_id = %m.config.node_id,
+            raft_id = m.config.raft_id,
+            "manager serving the cluster port"
+        );
+        let incoming = ca::TlsIncoming::new(self.listener, &self.server_tls);
+        let raft_svc = crate::raft::service::RaftService::new(m.raft.clone()).into_server();
+        let ca_svc = caserver::NodeCaService::new(m.clone()).into_server();
+        let control_svc = crate::controlapi::ControlApi::new(m.clone()).into_server();
+        let dispatcher = crate::dispatcher::Dispatcher::new(m.clone());
+        let dispatcher_svc = dispatcher.clone().into_server();
+        let dispatcher_loop = tokio::spawn(dispatcher.run_leader_duties(shutdown.clone()));
+        let res = tonic::transport::Server::builder()
+            .layer(self.authz)
+            .add_service(raft_svc)
+            .add_service(ca_svc)
+            .add_service(control_svc)
+            .add_service(dispatcher_svc)
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
+            .await;
+        let _ = dispatcher_loop.await;
+        if let Err(e) = m.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not shut down cleanly");
+        }
+        res.map_err(Into::into)
+    }
+}
