@@ -9,13 +9,18 @@
 //! `orchestrator`, `scheduler`, `allocator`, `dispatcher`) and agent parts
 //! (`worker`, `executor`, `runtime`) join as they land.
 
+pub mod agent;
 pub mod api;
 pub mod ca;
 pub mod cli;
+pub mod controlapi;
 pub mod daemon;
 pub mod dataplane;
+pub mod dispatcher;
 pub mod host;
 pub mod logging;
+pub mod manager;
+pub mod node;
 pub mod raft;
 pub mod store;
 pub mod supervisor;

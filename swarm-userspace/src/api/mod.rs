@@ -5,4 +5,5 @@
 //! module must never grow a network listener (cluster traffic is mTLS, in
 //! its own modules).
 pub mod client;
+pub mod local;
 pub mod server;

@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
+    api::local::{LocalControl, LocalSwarm},
     dataplane::Dataplane,
+    node::NodeHandle,
     supervisor::{ControlLoop, LoopError},
     version,
 };
@@ -121,6 +123,7 @@ pub struct ApiServer {
     path: PathBuf,
     listener: UnixListener,
     api: SystemApi,
+    node: NodeHandle,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -132,7 +135,11 @@ impl std::fmt::Debug for ApiServer {
 }
 
 impl ApiServer {
-    pub async fn bind(path: &Path, dataplane: Option<SharedDataplane>) -> Result<Self, ApiError> {
+    pub async fn bind(
+        path: &Path,
+        dataplane: Option<SharedDataplane>,
+        node: NodeHandle,
+    ) -> Result<Self, ApiError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| ApiError::Dir {
                 path: dir.into(),
@@ -166,6 +173,7 @@ impl ApiServer {
                 started: Instant::now(),
                 dataplane,
             },
+            node,
         })
     }
 }
@@ -180,6 +188,12 @@ impl ControlLoop for ApiServer {
         let incoming = UnixListenerStream::new(self.listener);
         let res = tonic::transport::Server::builder()
             .add_service(SystemServer::new(self.api))
+            .add_service(swarm_proto::v1::swarm_server::SwarmServer::new(LocalSwarm(
+                self.node.clone(),
+            )))
+            .add_service(swarm_proto::v1::control_server::ControlServer::new(
+                LocalControl(self.node),
+            ))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await;
         let _ = std::fs::remove_file(&self.path);

@@ -89,6 +89,9 @@ pub struct DaemonArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
+    /// Name this node reports in `node ls` (default: the OS hostname).
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// How long shutdown may take before remaining work is abandoned.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -132,6 +135,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 dataplane_interfaces: args.dataplane_interfaces,
                 xdp_mode: args.xdp_mode,
                 shutdown_timeout: args.shutdown_timeout,
+                hostname: args.hostname.unwrap_or_else(|| {
+                    nix::unistd::gethostname()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "localhost".into())
+                }),
+                raft: crate::raft::RaftSettings::default(),
             })
             .await?;
             Ok(())

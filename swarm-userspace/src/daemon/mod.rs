@@ -27,6 +27,9 @@ pub struct DaemonConfig {
     pub dataplane_interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
     pub shutdown_timeout: Duration,
+    /// Name this node reports (docker uses the OS hostname).
+    pub hostname: String,
+    pub raft: crate::raft::RaftSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +110,14 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>)))
     };
 
+    let (node, node_loop) = crate::node::new(crate::node::NodeConfig {
+        data_root: config.data_root.clone(),
+        hostname: config.hostname.clone(),
+        raft: config.raft.clone(),
+    });
     let mut supervisor = Supervisor::new(config.shutdown_timeout);
-    supervisor.spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone()).await?);
+    supervisor.spawn(node_loop);
+    supervisor.spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone(), node).await?);
     let res = supervisor.run_until(stop).await;
     // Programs detach when the data plane is dropped, after the API that
     // reads it has stopped.

@@ -226,7 +226,7 @@ impl node_ca_server::NodeCa for NodeCaService {
             spec: Some(pb::NodeSpec {
                 annotations: Some(pb::Annotations::default()),
                 desired_role: pb_role as i32,
-                availability: pb::NodeAvailability::Active as i32,
+                availability: r.availability,
             }),
             description: r.description.clone(),
             status: Some(pb::NodeStatus {

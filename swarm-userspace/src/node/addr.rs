@@ -3,7 +3,6 @@
 //! non-loopback IPv4 address of this host.
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 
-use swarm_proto::v1 as pb;
 use tonic::Status;
 
 use super::DEFAULT_PORT;
@@ -89,11 +88,6 @@ pub fn advertise_addr(s: &str, listen: SocketAddr) -> Result<String, Status> {
                 .join(", ")
         ))),
     }
-}
-
-/// The node's initial availability from `init`'s spec (active by default).
-pub fn availability(_req: &pb::InitRequest) -> Result<i32, Status> {
-    Ok(pb::NodeAvailability::Active as i32)
 }
 
 #[cfg(test)]

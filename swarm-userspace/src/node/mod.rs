@@ -305,6 +305,41 @@ pub fn describe(hostname: &str) -> pb::NodeDescription {
     }
 }
 
+/// Applies what `init` asked for over the defaults: every part of the
+/// request's spec that is set wins, the rest keeps docker's defaults.
+fn overlay_spec(cluster: &mut pb::Cluster, req: &pb::InitRequest) {
+    let Some(want) = req.spec.clone() else {
+        return;
+    };
+    let spec = cluster.spec.get_or_insert_with(Default::default);
+    if let Some(o) = want.orchestration {
+        spec.orchestration = Some(o);
+    }
+    if let Some(r) = want.raft
+        && r.snapshot_interval > 0
+    {
+        let cur = spec.raft.get_or_insert_with(Default::default);
+        cur.snapshot_interval = r.snapshot_interval;
+        cur.keep_old_snapshots = r.keep_old_snapshots;
+    }
+    if let Some(d) = want.dispatcher
+        && d.heartbeat_period.is_some()
+    {
+        spec.dispatcher = Some(d);
+    }
+    if let Some(c) = want.ca_config
+        && c.node_cert_expiry.is_some()
+    {
+        spec.ca_config = Some(c);
+    }
+    if !req.default_address_pool.is_empty() {
+        cluster.default_address_pool = req.default_address_pool.clone();
+    }
+    if req.subnet_size > 0 {
+        cluster.subnet_size = req.subnet_size;
+    }
+}
+
 fn new_raft_id() -> u64 {
     loop {
         let id: u64 = rand::random();
@@ -437,15 +472,8 @@ impl NodeLoop {
         let raft_id = new_raft_id();
 
         let root = RootCa::generate().map_err(internal)?;
-        let spec = req.spec.clone().unwrap_or_default();
-        let mut cluster = pb::Cluster {
-            meta: Some(pb::Meta {
-                id: cluster_id.clone(),
-                ..Default::default()
-            }),
-            spec: Some(spec),
-            ..Default::default()
-        };
+        let mut cluster = crate::store::defaults::cluster(&cluster_id, "default");
+        overlay_spec(&mut cluster, &req);
         let validity = node_cert_validity(&cluster);
         let key = NodeKey::generate().map_err(internal)?;
         let csr = key.generate_csr(Some(&node_id)).map_err(internal)?;
@@ -512,7 +540,7 @@ impl NodeLoop {
             spec: Some(pb::NodeSpec {
                 annotations: Some(pb::Annotations::default()),
                 desired_role: pb::NodeRole::Manager as i32,
-                availability: addr::availability(&req)?,
+                availability: req.availability,
             }),
             description: Some(describe(&self.cfg.hostname)),
             status: Some(pb::NodeStatus {
@@ -596,6 +624,7 @@ impl NodeLoop {
                 advertise_addr: advertise.clone(),
                 description: Some(describe(&self.cfg.hostname)),
                 raft_id,
+                availability: req.availability,
             })
             .await
             .map_err(|s| {

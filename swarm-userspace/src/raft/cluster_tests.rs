@@ -93,6 +93,7 @@ async fn start_node(id: RaftId, dir: &std::path::Path, addr: SocketAddr) -> Test
         "test",
         fsm.clone(),
         Arc::new(Plain::default()),
+        network::Contacts::default(),
     )
     .await
     .unwrap();

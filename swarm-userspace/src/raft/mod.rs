@@ -214,6 +214,7 @@ pub async fn start(
     cluster_name: &str,
     fsm: std::sync::Arc<dyn Fsm>,
     channels: std::sync::Arc<dyn network::ChannelProvider>,
+    contacts: network::Contacts,
 ) -> Result<(Raft, RaftStorage), RaftError> {
     let config = std::sync::Arc::new(settings.openraft_config(cluster_name)?);
     let log = log_store::LogStore::open(dir)?;
@@ -225,7 +226,7 @@ pub async fn start(
     let raft = Raft::new(
         id,
         config,
-        network::Network::new(channels),
+        network::Network::new(channels, contacts),
         log.clone(),
         sm.clone(),
     )

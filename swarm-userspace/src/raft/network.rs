@@ -4,7 +4,11 @@
 //! plain channels in unit tests), so this module never sees certificates.
 //! Unreachable peers are reported as such so openraft backs off instead of
 //! treating them as protocol errors.
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use openraft::{
     BasicNode,
@@ -27,9 +31,32 @@ pub trait ChannelProvider: Send + Sync + 'static {
     fn channel(&self, addr: &str) -> Result<Channel, String>;
 }
 
+/// When each peer last answered a Raft RPC: the leader's view of which
+/// managers are reachable (for "no quorum" errors and manager status).
+#[derive(Clone, Debug, Default)]
+pub struct Contacts(Arc<Mutex<HashMap<RaftId, Instant>>>);
+
+impl Contacts {
+    pub fn record(&self, id: RaftId) {
+        if let Ok(mut m) = self.0.lock() {
+            m.insert(id, Instant::now());
+        }
+    }
+
+    /// Whether `id` answered within `within`.
+    pub fn recent(&self, id: RaftId, within: Duration) -> bool {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&id).map(|t| t.elapsed() <= within))
+            .unwrap_or(false)
+    }
+}
+
 #[derive(Clone)]
 pub struct Network {
     channels: Arc<dyn ChannelProvider>,
+    contacts: Contacts,
 }
 
 impl std::fmt::Debug for Network {
@@ -39,13 +66,14 @@ impl std::fmt::Debug for Network {
 }
 
 impl Network {
-    pub fn new(channels: Arc<dyn ChannelProvider>) -> Self {
-        Network { channels }
+    pub fn new(channels: Arc<dyn ChannelProvider>, contacts: Contacts) -> Self {
+        Network { channels, contacts }
     }
 }
 
 pub struct Peer {
     target: RaftId,
+    contacts: Contacts,
     addr: String,
     client: Result<RaftClient<Channel>, String>,
 }
@@ -56,6 +84,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: RaftId, node: &BasicNode) -> Peer {
         Peer {
             target,
+            contacts: self.contacts.clone(),
             addr: node.addr.clone(),
             client: self
                 .channels
@@ -110,6 +139,7 @@ impl Peer {
                 _ => RPCError::Network(NetworkError::new(&m)),
             }
         })?;
+        self.contacts.record(self.target);
         let decoded: Result<Resp, RaftError<RaftId, E>> =
             postcard::from_bytes(&resp.into_inner().data)
                 .map_err(|e| RPCError::Network(NetworkError::new(&Msg(e.to_string()))))?;
