@@ -199,3 +199,95 @@ fn a_partitioned_manager_cannot_write_and_catches_up_when_healed() {
             .then_some(())
     });
 }
+
+fn role_of(c: &swarm_harness::Cluster, on: usize, host: &str) -> Option<String> {
+    let ls = node_ls(c.node(on))?;
+    ls.iter()
+        .find(|v| hostname_of(v) == host)
+        .map(|v| field(v, "Spec.Role").as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn demoting_the_leader_and_promoting_a_worker_keep_the_swarm_working() {
+    let c = cluster(4, Topology::Bridge);
+    form(&c, 3, 1);
+    let ls = wait_all_ready(c.node(1), 4);
+    let leader = leader_index(&ls);
+    let other = (1..=3).find(|i| *i != leader).expect("a follower");
+
+    // Demote the leader: another manager takes over.
+    c.node(other)
+        .swarm(&["node", "demote", &format!("node-{leader}")])
+        .success();
+    eventually(Duration::from_secs(20), "a new leader among the others", || {
+        let ls = node_ls(c.node(other))?;
+        let l = ls.iter().find(|v| is_leader(v))?;
+        (hostname_of(l) != format!("node-{leader}")).then_some(())
+    });
+    // The demoted node becomes a worker: it holds no cluster state.
+    eventually(Duration::from_secs(20), "demoted node is a worker", || {
+        let out = c.node(leader).swarm(&["node", "ls"]);
+        (!out.ok() && out.stderr.contains("not a swarm manager")).then_some(())
+    });
+
+    // Promote the worker: it becomes a manager that answers node ls.
+    c.node(other).swarm(&["node", "promote", "node-4"]).success();
+    let ls = eventually(Duration::from_secs(30), "promoted node serves node ls", || {
+        let ls = node_ls(c.node(4))?;
+        (ls.len() == 4).then_some(ls)
+    });
+    let managers = ls
+        .iter()
+        .filter(|v| field(v, "Spec.Role") == "manager")
+        .count();
+    assert_eq!(managers, 3, "{ls:?}");
+    assert_eq!(role_of(&c, 4, &format!("node-{leader}")).as_deref(), Some("worker"));
+    // And the swarm still writes, from the new manager too.
+    eventually(Duration::from_secs(10), "write via the promoted manager", || {
+        c.node(4)
+            .swarm(&["node", "update", "--label-add", "promoted=yes", "node-4"])
+            .ok()
+            .then_some(())
+    });
+}
+
+#[test]
+fn force_new_cluster_recovers_a_swarm_that_lost_its_majority() {
+    let c = cluster(4, Topology::Bridge);
+    form(&c, 3, 1);
+    wait_all_ready(c.node(1), 4);
+    c.node(1)
+        .swarm(&["node", "update", "--label-add", "keep=me", "node-4"])
+        .success();
+    c.node(2).kill9();
+    c.node(3).kill9();
+    let out = eventually(Duration::from_secs(15), "writes refused without quorum", || {
+        let out = c
+            .node(1)
+            .swarm(&["node", "update", "--label-add", "lost=quorum", "node-4"]);
+        (!out.ok()).then_some(out)
+    });
+    assert!(out.stderr.contains("quorum") || out.stderr.contains("leader"), "{}", out.stderr);
+
+    let n1 = c.node(1);
+    n1.swarm(&["init", "--force-new-cluster", "--advertise-addr", &n1.addr().to_string()])
+        .success();
+    eventually(Duration::from_secs(15), "writes work again", || {
+        n1.swarm(&["node", "update", "--label-add", "back=yes", "node-4"])
+            .ok()
+            .then_some(())
+    });
+    let ls = node_ls(n1).expect("node ls");
+    assert_eq!(ls.len(), 4, "every node is still known: {ls:?}");
+    let w = ls.iter().find(|v| hostname_of(v) == "node-4").expect("node-4");
+    assert_eq!(field(w, "Spec.Labels.keep"), "me");
+    let managers = ls.iter().filter(|v| field(v, "Spec.Role") == "manager").count();
+    assert_eq!(managers, 1, "only the forcing manager remains a manager");
+    // The worker is still served by the new single-manager swarm.
+    eventually(Duration::from_secs(15), "worker ready", || {
+        let ls = node_ls(n1)?;
+        ls.iter()
+            .any(|v| hostname_of(v) == "node-4" && state_of(v) == "ready")
+            .then_some(())
+    });
+}

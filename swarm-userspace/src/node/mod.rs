@@ -459,12 +459,10 @@ impl NodeLoop {
     }
 
     async fn init(&mut self, req: pb::InitRequest) -> Result<pb::InitResponse, Status> {
-        self.already_member()?;
         if req.force_new_cluster {
-            return Err(Status::unimplemented(
-                "--force-new-cluster is not supported yet",
-            ));
+            return self.force_new_cluster().await;
         }
+        self.already_member()?;
         let listen = addr::listen_addr(&req.listen_addr)?;
         let advertise = addr::advertise_addr(&req.advertise_addr, listen)?;
         let node_id = new_id();
@@ -746,6 +744,108 @@ impl NodeLoop {
 }
 
 impl NodeLoop {
+    /// `init --force-new-cluster`: this manager keeps the state it has and
+    /// becomes the only member of a new Raft group, for a swarm that lost
+    /// its majority. Other managers are turned into down workers: they must
+    /// leave and join again.
+    async fn force_new_cluster(&mut self) -> Result<pb::InitResponse, Status> {
+        let (st, manager) = {
+            let s = self.shared.read().unwrap_or_else(PoisonError::into_inner);
+            (s.state.clone(), s.manager.clone())
+        };
+        let (Some(mut st), Some(manager)) = (st, manager) else {
+            return Err(Status::failed_precondition(
+                "--force-new-cluster needs a node that is a manager of a swarm",
+            ));
+        };
+        let snapshot = manager.store.snapshot();
+        let me = manager.config.raft_id;
+        drop(manager);
+        if let Some(c) = self.children.take() {
+            c.stop().await;
+        }
+        let raft_dir = self.dir.raft();
+        std::fs::remove_dir_all(&raft_dir).map_err(|e| {
+            Status::internal(format!("removing {}: {e}", raft_dir.display()))
+        })?;
+        let creds = ca::store::load(&self.dir.certificates())
+            .map_err(internal)?
+            .ok_or_else(|| Status::internal("this manager has no certificates"))?;
+        let identity = TlsIdentity::new(&creds.root, &creds.cert, &creds.key).map_err(internal)?;
+        st.managers = vec![st.advertise_addr.clone()];
+        self.dir.save(&st).map_err(internal)?;
+        let m = self
+            .start_parts_manager_first(&st, &creds.root, &creds.cert, identity)
+            .await?;
+        let members: BTreeMap<u64, BasicNode> =
+            [(me, BasicNode::new(st.advertise_addr.clone()))].into();
+        m.raft.initialize(members).await.map_err(internal)?;
+        if m.wait_for_leader(Duration::from_secs(10)).await.is_none() {
+            return Err(Status::internal("the new single-manager Raft elected no leader"));
+        }
+        // Recreate every object; other managers leave the manager set.
+        let actions = m
+            .store
+            .prepare(|tx: &mut WriteTx| {
+                for c in snapshot.clusters {
+                    tx.create(c)?;
+                }
+                for mut n in snapshot.nodes {
+                    let is_me = n.manager_status.as_ref().is_some_and(|s| s.raft_id == me);
+                    if n.manager_status.is_some() && !is_me {
+                        n.role = pb::NodeRole::Worker as i32;
+                        if let Some(spec) = n.spec.as_mut() {
+                            spec.desired_role = pb::NodeRole::Worker as i32;
+                        }
+                        n.manager_status = None;
+                        n.status = Some(pb::NodeStatus {
+                            state: pb::NodeState::Down as i32,
+                            message: "left the manager set (--force-new-cluster): leave and join again"
+                                .into(),
+                            addr: n.status.map(|s| s.addr).unwrap_or_default(),
+                        });
+                    }
+                    tx.create(n)?;
+                }
+                for x in snapshot.services {
+                    tx.create(x)?;
+                }
+                for x in snapshot.tasks {
+                    tx.create(x)?;
+                }
+                for x in snapshot.networks {
+                    tx.create(x)?;
+                }
+                for x in snapshot.secrets {
+                    tx.create(x)?;
+                }
+                for x in snapshot.configs {
+                    tx.create(x)?;
+                }
+                Ok::<(), crate::store::StoreError>(())
+            })
+            .map_err(internal)?;
+        m.proposer
+            .propose(actions)
+            .await
+            .map_err(crate::manager::caserver::propose_status)?;
+        let tokens = m
+            .cluster()
+            .and_then(|c| c.root_ca.clone())
+            .and_then(|r| r.join_tokens)
+            .unwrap_or_default();
+        tracing::warn!(node_id = %st.node_id, "forced a new single-manager cluster from the existing state");
+        let resp = pb::InitResponse {
+            node_id: st.node_id.clone(),
+            cluster_id: st.cluster_id.clone(),
+            worker_token: tokens.worker,
+            manager_token: tokens.manager,
+            advertise_addr: st.advertise_addr.clone(),
+        };
+        self.set_shared(Some(st), Some(m), "active");
+        Ok(resp)
+    }
+
     /// Restarts the node's parts in its new role: a promoted node starts a
     /// manager (an empty Raft the leader is already adding as a voter); a
     /// demoted one stops its manager and forgets its Raft data.
