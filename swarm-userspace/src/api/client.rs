@@ -1,6 +1,8 @@
 //! Connects a CLI command to a daemon's unix socket.
 use hyper_util::rt::TokioIo;
-use swarm_proto::v1::system_client::SystemClient;
+use swarm_proto::v1::{
+    control_client::ControlClient, swarm_client::SwarmClient, system_client::SystemClient,
+};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::host::Host;
@@ -54,6 +56,17 @@ impl Client {
 
     pub fn system(&self) -> SystemClient<Channel> {
         SystemClient::new(self.channel.clone())
+    }
+
+    /// Node-local membership: init, join, leave, info.
+    pub fn swarm(&self) -> SwarmClient<Channel> {
+        SwarmClient::new(self.channel.clone())
+    }
+
+    /// The cluster's control API. A daemon serves it only while its node is
+    /// a manager; a worker answers every call with FAILED_PRECONDITION.
+    pub fn control(&self) -> ControlClient<Channel> {
+        ControlClient::new(self.channel.clone())
     }
 
     /// Maps a failed call to a user-facing error.

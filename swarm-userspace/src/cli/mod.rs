@@ -5,7 +5,11 @@
 //! `daemon` is a client of a daemon's node-local API; none of them touch
 //! node state directly.
 mod dataplane;
+mod info;
+mod json;
+mod node;
 mod output;
+mod swarm;
 mod version;
 
 use std::{path::PathBuf, time::Duration};
@@ -53,6 +57,19 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Show the client's and the daemon's versions.
     Version(FormatArgs),
+    /// Create a swarm with this node as its first manager.
+    Init(swarm::InitArgs),
+    /// Join this node to a swarm as a worker or a manager.
+    Join(swarm::JoinArgs),
+    /// Take this node out of its swarm.
+    Leave(swarm::LeaveArgs),
+    /// Show or rotate the token nodes join with.
+    JoinToken(swarm::JoinTokenArgs),
+    /// Show this node's swarm state (docker info's Swarm section).
+    Info(FormatArgs),
+    /// Manage the swarm's nodes (run on a manager).
+    #[command(subcommand)]
+    Node(node::NodeCommand),
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -150,6 +167,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let client = Client::connect(&cli.host).await?;
             dataplane::status(&client, fmt.format).await
         }
+        Command::Init(args) => swarm::init(&Client::connect(&cli.host).await?, &args).await,
+        Command::Join(args) => swarm::join(&Client::connect(&cli.host).await?, &args).await,
+        Command::Leave(args) => swarm::leave(&Client::connect(&cli.host).await?, &args).await,
+        Command::JoinToken(args) => {
+            swarm::join_token(&Client::connect(&cli.host).await?, &args).await
+        }
+        Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
+        Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
     }
 }
 

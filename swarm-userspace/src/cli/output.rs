@@ -1,5 +1,7 @@
-//! Output helpers shared by commands: formats and docker-style tables.
-use std::str::FromStr;
+//! Output helpers shared by commands: formats, docker-style tables, and the
+//! small value formatters docker's CLI applies (capitalised states, natural
+//! sort order, binary byte sizes).
+use std::{cmp::Ordering, str::FromStr, time::Duration};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -48,9 +50,142 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// Capitalises the first letter, as docker's `PrettyPrint` does for enum
+/// values ("ready" → "Ready").
+pub fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Orders strings with digit runs compared as numbers ("node2" < "node10"),
+/// the order docker sorts node and service names in.
+pub fn natural_cmp(a: &str, b: &str) -> Ordering {
+    let (mut a, mut b) = (a, b);
+    loop {
+        match (a.chars().next(), b.chars().next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) if x.is_ascii_digit() && y.is_ascii_digit() => {
+                let (na, ra) = split_digits(a);
+                let (nb, rb) = split_digits(b);
+                // Compare by magnitude without parsing, so any length works:
+                // strip leading zeros, then the longer run is larger.
+                let (ta, tb) = (na.trim_start_matches('0'), nb.trim_start_matches('0'));
+                let ord = ta.len().cmp(&tb.len()).then_with(|| ta.cmp(tb));
+                if ord != Ordering::Equal {
+                    return ord;
+                }
+                (a, b) = (ra, rb);
+            }
+            (Some(x), Some(y)) => {
+                if x != y {
+                    return x.cmp(&y);
+                }
+                (a, b) = (&a[x.len_utf8()..], &b[y.len_utf8()..]);
+            }
+        }
+    }
+}
+
+fn split_digits(s: &str) -> (&str, &str) {
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    s.split_at(end)
+}
+
+/// Binary sizes with four significant digits, as docker prints memory
+/// ("7.704GiB", "512MiB").
+pub fn bytes_size(bytes: i64) -> String {
+    const UNITS: [&str; 9] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB", "ZiB", "YiB"];
+    #[allow(clippy::cast_precision_loss)] // four digits are printed
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v.abs() >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    let digits = if v.abs() >= 1000.0 {
+        0
+    } else if v.abs() >= 100.0 {
+        1
+    } else if v.abs() >= 10.0 {
+        2
+    } else {
+        3
+    };
+    let mut n = format!("{v:.digits$}");
+    if n.contains('.') {
+        n = n.trim_end_matches('0').trim_end_matches('.').to_string();
+    }
+    format!("{n}{}", UNITS[unit])
+}
+
+/// Durations in the units the flags take ("1s", "2160h", "1h30m", "500ms").
+pub fn duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".into();
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    let ms = d.subsec_millis();
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 {
+        out.push_str(&format!("{s}s"));
+    }
+    if ms > 0 || out.is_empty() {
+        out.push_str(&format!("{ms}ms"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capitalizes_like_docker() {
+        assert_eq!(capitalize("ready"), "Ready");
+        assert_eq!(capitalize(""), "");
+    }
+
+    #[test]
+    fn natural_order_compares_numbers_by_value() {
+        let mut v = vec!["node10", "node2", "node1", "alpha", "node02x", "node2a"];
+        v.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            v,
+            ["alpha", "node1", "node2", "node2a", "node02x", "node10"]
+        );
+        assert_eq!(natural_cmp("a", "a"), Ordering::Equal);
+        assert_eq!(natural_cmp("", "a"), Ordering::Less);
+    }
+
+    #[test]
+    fn bytes_size_prints_four_significant_digits() {
+        assert_eq!(bytes_size(0), "0B");
+        assert_eq!(bytes_size(512), "512B");
+        assert_eq!(bytes_size(536_870_912), "512MiB");
+        assert_eq!(bytes_size(8_272_748_544), "7.705GiB");
+        assert_eq!(bytes_size(1_610_612_736), "1.5GiB");
+    }
+
+    #[test]
+    fn durations_print_in_flag_units() {
+        assert_eq!(duration(Duration::from_secs(1)), "1s");
+        assert_eq!(duration(Duration::from_secs(2160 * 3600)), "2160h");
+        assert_eq!(duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(duration(Duration::ZERO), "0s");
+    }
 
     #[test]
     fn table_aligns_columns() {
