@@ -202,9 +202,12 @@ fn a_partitioned_manager_cannot_write_and_catches_up_when_healed() {
 
 fn role_of(c: &swarm_harness::Cluster, on: usize, host: &str) -> Option<String> {
     let ls = node_ls(c.node(on))?;
-    ls.iter()
-        .find(|v| hostname_of(v) == host)
-        .map(|v| field(v, "Spec.Role").as_str().unwrap_or_default().to_string())
+    ls.iter().find(|v| hostname_of(v) == host).map(|v| {
+        field(v, "Spec.Role")
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    })
 }
 
 #[test]
@@ -219,11 +222,15 @@ fn demoting_the_leader_and_promoting_a_worker_keep_the_swarm_working() {
     c.node(other)
         .swarm(&["node", "demote", &format!("node-{leader}")])
         .success();
-    eventually(Duration::from_secs(20), "a new leader among the others", || {
-        let ls = node_ls(c.node(other))?;
-        let l = ls.iter().find(|v| is_leader(v))?;
-        (hostname_of(l) != format!("node-{leader}")).then_some(())
-    });
+    eventually(
+        Duration::from_secs(20),
+        "a new leader among the others",
+        || {
+            let ls = node_ls(c.node(other))?;
+            let l = ls.iter().find(|v| is_leader(v))?;
+            (hostname_of(l) != format!("node-{leader}")).then_some(())
+        },
+    );
     // The demoted node becomes a worker: it holds no cluster state.
     eventually(Duration::from_secs(20), "demoted node is a worker", || {
         let out = c.node(leader).swarm(&["node", "ls"]);
@@ -231,24 +238,37 @@ fn demoting_the_leader_and_promoting_a_worker_keep_the_swarm_working() {
     });
 
     // Promote the worker: it becomes a manager that answers node ls.
-    c.node(other).swarm(&["node", "promote", "node-4"]).success();
-    let ls = eventually(Duration::from_secs(30), "promoted node serves node ls", || {
-        let ls = node_ls(c.node(4))?;
-        (ls.len() == 4).then_some(ls)
-    });
+    c.node(other)
+        .swarm(&["node", "promote", "node-4"])
+        .success();
+    let ls = eventually(
+        Duration::from_secs(30),
+        "promoted node serves node ls",
+        || {
+            let ls = node_ls(c.node(4))?;
+            (ls.len() == 4).then_some(ls)
+        },
+    );
     let managers = ls
         .iter()
         .filter(|v| field(v, "Spec.Role") == "manager")
         .count();
     assert_eq!(managers, 3, "{ls:?}");
-    assert_eq!(role_of(&c, 4, &format!("node-{leader}")).as_deref(), Some("worker"));
+    assert_eq!(
+        role_of(&c, 4, &format!("node-{leader}")).as_deref(),
+        Some("worker")
+    );
     // And the swarm still writes, from the new manager too.
-    eventually(Duration::from_secs(10), "write via the promoted manager", || {
-        c.node(4)
-            .swarm(&["node", "update", "--label-add", "promoted=yes", "node-4"])
-            .ok()
-            .then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "write via the promoted manager",
+        || {
+            c.node(4)
+                .swarm(&["node", "update", "--label-add", "promoted=yes", "node-4"])
+                .ok()
+                .then_some(())
+        },
+    );
 }
 
 #[test]
@@ -261,17 +281,30 @@ fn force_new_cluster_recovers_a_swarm_that_lost_its_majority() {
         .success();
     c.node(2).kill9();
     c.node(3).kill9();
-    let out = eventually(Duration::from_secs(15), "writes refused without quorum", || {
-        let out = c
-            .node(1)
-            .swarm(&["node", "update", "--label-add", "lost=quorum", "node-4"]);
-        (!out.ok()).then_some(out)
-    });
-    assert!(out.stderr.contains("quorum") || out.stderr.contains("leader"), "{}", out.stderr);
+    let out = eventually(
+        Duration::from_secs(15),
+        "writes refused without quorum",
+        || {
+            let out = c
+                .node(1)
+                .swarm(&["node", "update", "--label-add", "lost=quorum", "node-4"]);
+            (!out.ok()).then_some(out)
+        },
+    );
+    assert!(
+        out.stderr.contains("quorum") || out.stderr.contains("leader"),
+        "{}",
+        out.stderr
+    );
 
     let n1 = c.node(1);
-    n1.swarm(&["init", "--force-new-cluster", "--advertise-addr", &n1.addr().to_string()])
-        .success();
+    n1.swarm(&[
+        "init",
+        "--force-new-cluster",
+        "--advertise-addr",
+        &n1.addr().to_string(),
+    ])
+    .success();
     eventually(Duration::from_secs(15), "writes work again", || {
         n1.swarm(&["node", "update", "--label-add", "back=yes", "node-4"])
             .ok()
@@ -279,9 +312,15 @@ fn force_new_cluster_recovers_a_swarm_that_lost_its_majority() {
     });
     let ls = node_ls(n1).expect("node ls");
     assert_eq!(ls.len(), 4, "every node is still known: {ls:?}");
-    let w = ls.iter().find(|v| hostname_of(v) == "node-4").expect("node-4");
+    let w = ls
+        .iter()
+        .find(|v| hostname_of(v) == "node-4")
+        .expect("node-4");
     assert_eq!(field(w, "Spec.Labels.keep"), "me");
-    let managers = ls.iter().filter(|v| field(v, "Spec.Role") == "manager").count();
+    let managers = ls
+        .iter()
+        .filter(|v| field(v, "Spec.Role") == "manager")
+        .count();
     assert_eq!(managers, 1, "only the forcing manager remains a manager");
     // The worker is still served by the new single-manager swarm.
     eventually(Duration::from_secs(15), "worker ready", || {

@@ -20,12 +20,37 @@ pub enum LoggingError {
     AlreadyInit,
 }
 
+/// Libraries whose debug output drowns ours (every Raft step, every HTTP/2
+/// frame). A bare level keeps them at info; a filter is taken as written.
+const NOISY: &[&str] = &[
+    "openraft",
+    "h2",
+    "hyper",
+    "hyper_util",
+    "tonic",
+    "tower",
+    "rustls",
+];
+
+fn directives(level: &str) -> String {
+    let bare = !level.contains('=') && !level.contains(',');
+    let verbose = matches!(level, "debug" | "trace");
+    if bare && verbose {
+        let mut d = level.to_string();
+        for n in NOISY {
+            d.push_str(&format!(",{n}=info"));
+        }
+        return d;
+    }
+    level.to_string()
+}
+
 /// Installs a stderr subscriber. `level` is a level or an `EnvFilter`
 /// directive; `RUST_LOG`, when set, wins so operators can debug one module.
 pub fn init(level: &str, format: LogFormat) -> Result<(), LoggingError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::from_str(&v),
-        _ => EnvFilter::from_str(level),
+        _ => EnvFilter::from_str(&directives(level)),
     }
     .map_err(|_| LoggingError::Level(level.into()))?;
     let registry = tracing_subscriber::registry().with(filter);

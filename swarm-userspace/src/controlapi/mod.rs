@@ -71,6 +71,24 @@ impl ControlApi {
         Ok(raft_id)
     }
 
+    /// A forwarded call that could not reach the leader is the cluster's
+    /// problem, not the local daemon's: never UNAVAILABLE to the CLI.
+    fn forwarded<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+        r.map_err(|s| {
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
+            ) {
+                Status::failed_precondition(format!(
+                    "cannot reach the leader ({}); this manager may be cut off from the majority of managers, so it cannot write",
+                    s.message()
+                ))
+            } else {
+                s
+            }
+        })
+    }
+
     fn leader(&self) -> Result<ControlClient<tonic::transport::Channel>, Status> {
         self.m
             .leader_channel()
@@ -138,7 +156,7 @@ pub fn raft_status(m: &Manager) -> pb::RaftStatus {
 
 fn cluster_of(m: &Manager) -> Result<Arc<pb::Cluster>, Status> {
     m.cluster()
-        .ok_or_else(|| Status::unavailable("the swarm is still initialising; retry"))
+        .ok_or_else(|| Status::failed_precondition("the swarm is still initialising; retry"))
 }
 
 #[tonic::async_trait]
@@ -174,7 +192,7 @@ impl control_server::Control for ControlApi {
         req: Request<pb::UpdateNodeRequest>,
     ) -> Result<Response<pb::UpdateNodeResponse>, Status> {
         if !self.m.is_leader() {
-            return self.leader()?.update_node(req.into_inner()).await;
+            return Self::forwarded(self.leader()?.update_node(req.into_inner()).await);
         }
         let r = req.into_inner();
         let spec = r
@@ -238,7 +256,7 @@ impl control_server::Control for ControlApi {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         if !self.m.is_leader() {
-            return self.leader()?.remove_node(req.into_inner()).await;
+            return Self::forwarded(self.leader()?.remove_node(req.into_inner()).await);
         }
         let r = req.into_inner();
         let node = resolve_node(&self.m, &r.node_id)?;
@@ -299,7 +317,7 @@ impl control_server::Control for ControlApi {
         req: Request<pb::RotateJoinTokenRequest>,
     ) -> Result<Response<pb::RotateJoinTokenResponse>, Status> {
         if !self.m.is_leader() {
-            return self.leader()?.rotate_join_token(req.into_inner()).await;
+            return Self::forwarded(self.leader()?.rotate_join_token(req.into_inner()).await);
         }
         let r = req.into_inner();
         let mut cluster = (*cluster_of(&self.m)?).clone();

@@ -33,8 +33,10 @@ impl NodeCaService {
 /// Maps a proposal failure to a gRPC status the caller can act on.
 pub fn propose_status(e: ProposeError) -> Status {
     match e {
+        // Not UNAVAILABLE: the daemon answered; it is the cluster that
+        // cannot take the write (clients read UNAVAILABLE as "no daemon").
         ProposeError::NotLeader { .. } | ProposeError::NoQuorum { .. } => {
-            Status::unavailable(e.to_string())
+            Status::failed_precondition(e.to_string())
         }
         ProposeError::Rejected(r) if r.contains("out of sequence") => Status::aborted(format!(
             "the object changed while this update was in flight; read it again and retry ({r})"
@@ -175,7 +177,7 @@ impl node_ca_server::NodeCa for NodeCaService {
         let cluster = self
             .m
             .cluster()
-            .ok_or_else(|| Status::unavailable("the swarm is still initialising; retry"))?;
+            .ok_or_else(|| Status::failed_precondition("the swarm is still initialising; retry"))?;
         let presented =
             JoinToken::parse(&r.token).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let tokens = cluster
@@ -291,7 +293,7 @@ impl node_ca_server::NodeCa for NodeCaService {
         let cluster = self
             .m
             .cluster()
-            .ok_or_else(|| Status::unavailable("the swarm is still initialising; retry"))?;
+            .ok_or_else(|| Status::failed_precondition("the swarm is still initialising; retry"))?;
         let node = self
             .m
             .store

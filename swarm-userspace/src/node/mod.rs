@@ -614,7 +614,9 @@ impl NodeLoop {
         let raft_id = new_raft_id();
         let channel = ca::connect(remote, ClientTls::pinned(&root).map_err(internal)?)
             .await
-            .map_err(|e| Status::unavailable(e.to_string()))?;
+            .map_err(|e| {
+                Status::failed_precondition(format!("cannot reach the manager at {remote}: {e}"))
+            })?;
         let resp = NodeCaClient::new(channel)
             .issue_node_certificate(pb::IssueNodeCertificateRequest {
                 token: req.token.clone(),
@@ -765,9 +767,8 @@ impl NodeLoop {
             c.stop().await;
         }
         let raft_dir = self.dir.raft();
-        std::fs::remove_dir_all(&raft_dir).map_err(|e| {
-            Status::internal(format!("removing {}: {e}", raft_dir.display()))
-        })?;
+        std::fs::remove_dir_all(&raft_dir)
+            .map_err(|e| Status::internal(format!("removing {}: {e}", raft_dir.display())))?;
         let creds = ca::store::load(&self.dir.certificates())
             .map_err(internal)?
             .ok_or_else(|| Status::internal("this manager has no certificates"))?;
@@ -781,7 +782,9 @@ impl NodeLoop {
             [(me, BasicNode::new(st.advertise_addr.clone()))].into();
         m.raft.initialize(members).await.map_err(internal)?;
         if m.wait_for_leader(Duration::from_secs(10)).await.is_none() {
-            return Err(Status::internal("the new single-manager Raft elected no leader"));
+            return Err(Status::internal(
+                "the new single-manager Raft elected no leader",
+            ));
         }
         // Recreate every object; other managers leave the manager set.
         let actions = m
@@ -800,8 +803,9 @@ impl NodeLoop {
                         n.manager_status = None;
                         n.status = Some(pb::NodeStatus {
                             state: pb::NodeState::Down as i32,
-                            message: "left the manager set (--force-new-cluster): leave and join again"
-                                .into(),
+                            message:
+                                "left the manager set (--force-new-cluster): leave and join again"
+                                    .into(),
                             addr: n.status.map(|s| s.addr).unwrap_or_default(),
                         });
                     }

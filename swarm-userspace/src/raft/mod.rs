@@ -90,12 +90,13 @@ pub struct RaftSettings {
 
 impl Default for RaftSettings {
     fn default() -> Self {
-        // Docker ticks once a second and elects after 10 ticks; we aim at a
-        // new leader within about 2 s of the old one's death.
+        // Docker ticks once a second and elects after 10 ticks (about 10 s
+        // to notice a dead leader); we elect after 0.75-1.5 s of silence, so
+        // writes resume within about 2 s of the leader's death.
         RaftSettings {
-            heartbeat: Duration::from_millis(200),
-            election_timeout_min: Duration::from_millis(1000),
-            election_timeout_max: Duration::from_millis(2000),
+            heartbeat: Duration::from_millis(150),
+            election_timeout_min: Duration::from_millis(750),
+            election_timeout_max: Duration::from_millis(1500),
             snapshot_interval: 10_000,
             keep_old_snapshots: 0,
         }
