@@ -97,6 +97,7 @@ fn killing_the_leader_elects_another_that_accepts_a_write_within_three_seconds()
             .then_some(())
     });
     let took = killed.elapsed();
+    eprintln!("failover: kill -9 of the leader to first accepted write: {took:?}");
     assert!(
         took < Duration::from_secs(3),
         "failover write took {took:?}"

@@ -91,12 +91,14 @@ pub struct RaftSettings {
 impl Default for RaftSettings {
     fn default() -> Self {
         // Docker ticks once a second and elects after 10 ticks (about 10 s
-        // to notice a dead leader); we elect after 0.75-1.5 s of silence, so
-        // writes resume within about 2 s of the leader's death.
+        // to notice a dead leader). openraft's followers refuse votes for a
+        // lease of election_timeout_max after the last heartbeat, so the
+        // first candidate is often refused and the second round wins:
+        // failover takes up to about two maximum timeouts, here 2 s.
         RaftSettings {
-            heartbeat: Duration::from_millis(150),
-            election_timeout_min: Duration::from_millis(750),
-            election_timeout_max: Duration::from_millis(1500),
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
             snapshot_interval: 10_000,
             keep_old_snapshots: 0,
         }
