@@ -331,3 +331,89 @@ fn force_new_cluster_recovers_a_swarm_that_lost_its_majority() {
             .then_some(())
     });
 }
+
+#[test]
+fn five_managers_survive_losing_two_including_the_leader() {
+    let c = cluster(5, Topology::Bridge);
+    form(&c, 5, 0);
+    let ls = wait_all_ready(c.node(1), 5);
+    let leader = leader_index(&ls);
+    let other = (1..=5).find(|i| *i != leader).expect("a follower");
+    c.node(leader).kill9();
+    c.node(other).kill9();
+    let alive: Vec<usize> = (1..=5).filter(|i| *i != leader && *i != other).collect();
+    eventually(
+        Duration::from_secs(10),
+        "a write with 3 of 5 managers",
+        || {
+            c.node(alive[0])
+                .swarm(&[
+                    "node",
+                    "update",
+                    "--label-add",
+                    "ha=5",
+                    &format!("node-{}", alive[0]),
+                ])
+                .ok()
+                .then_some(())
+        },
+    );
+    // The survivors agree, and see the two dead managers as unreachable.
+    eventually(Duration::from_secs(15), "survivors agree", || {
+        let views: Vec<Vec<serde_json::Value>> = alive
+            .iter()
+            .map(|i| node_ls(c.node(*i)))
+            .collect::<Option<_>>()?;
+        let unreachable = views[0]
+            .iter()
+            .filter(|v| field(v, "ManagerStatus.Reachability") == "unreachable")
+            .count();
+        let same = views.windows(2).all(|w| w[0] == w[1]);
+        (same && unreachable == 2).then_some(())
+    });
+}
+
+#[test]
+fn snapshots_follow_the_snapshot_interval_and_restore_after_restart() {
+    let c = cluster(1, Topology::Bridge);
+    let n = c.node(1);
+    n.swarm(&[
+        "init",
+        "--advertise-addr",
+        &n.addr().to_string(),
+        "--snapshot-interval",
+        "10",
+    ])
+    .success();
+    wait_all_ready(n, 1);
+    for i in 0..30 {
+        n.swarm(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("k{i}=v{i}"),
+            "self",
+        ])
+        .success();
+    }
+    let snaps = n.data_root().join("swarm/raft/snapshots");
+    eventually(Duration::from_secs(10), "a snapshot file", || {
+        let count = std::fs::read_dir(&snaps)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
+            .count();
+        // --max-snapshots 0: only the newest is kept.
+        (count == 1).then_some(())
+    });
+    n.kill9();
+    n.start();
+    let ls = wait_all_ready(n, 1);
+    assert_eq!(field(&ls[0], "Spec.Labels.k29"), "v29");
+    assert_eq!(field(&ls[0], "Spec.Labels.k0"), "v0");
+    // node ps works (no services yet: just the header).
+    let ps = n.swarm(&["node", "ps"]).success();
+    assert!(ps.stdout.starts_with("ID "), "{}", ps.stdout);
+    let info = n.swarm(&["info"]).success();
+    assert!(info.stdout.contains("Is Manager: true"), "{}", info.stdout);
+}

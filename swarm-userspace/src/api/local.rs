@@ -88,6 +88,12 @@ impl Control for LocalControl {
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         self.api()?.remove_node(r).await
     }
+    async fn list_tasks(
+        &self,
+        r: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.api()?.list_tasks(r).await
+    }
     async fn get_cluster(
         &self,
         r: Request<pb::GetClusterRequest>,

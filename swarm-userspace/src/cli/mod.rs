@@ -10,6 +10,7 @@ mod json;
 mod node;
 mod output;
 mod swarm;
+mod task;
 mod version;
 
 use std::{path::PathBuf, time::Duration};

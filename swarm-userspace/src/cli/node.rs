@@ -57,6 +57,8 @@ pub enum NodeCommand {
     Ls(LsArgs),
     /// Show one or more nodes in detail.
     Inspect(InspectArgs),
+    /// List the tasks running on one or more nodes (default: this node).
+    Ps(PsArgs),
     /// Change a node's availability, labels or role.
     Update(UpdateArgs),
     /// Make one or more nodes managers.
@@ -85,6 +87,22 @@ pub struct LsArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Filter {
     Role(Role),
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Output format: "table" (default) or "json".
+    #[arg(long, default_value = "table")]
+    pub format: Format,
+    /// Only print task IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Do not truncate IDs.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// Nodes (ID, ID prefix, hostname or "self").
+    #[arg(default_value = "self")]
+    pub nodes: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +155,7 @@ pub async fn run(client: &Client, cmd: &NodeCommand) -> anyhow::Result<()> {
     match cmd {
         NodeCommand::Ls(a) => ls(client, a).await,
         NodeCommand::Inspect(a) => inspect(client, a).await,
+        NodeCommand::Ps(a) => ps(client, a).await,
         NodeCommand::Update(a) => update(client, a).await,
         NodeCommand::Promote(a) => set_role(client, &a.nodes, Role::Manager).await,
         NodeCommand::Demote(a) => set_role(client, &a.nodes, Role::Worker).await,
@@ -172,6 +191,79 @@ async fn ls(client: &Client, args: &LsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn ps(client: &Client, args: &PsArgs) -> anyhow::Result<()> {
+    let refs = resolve_self(client, &args.nodes).await?;
+    let mut ids = Vec::new();
+    for r in &refs {
+        ids.push(node_id(&get_node(client, r).await?).to_string());
+    }
+    let tasks = client
+        .control()
+        .list_tasks(pb::ListTasksRequest {
+            node_ids: ids,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| client.rpc_error(s))?
+        .into_inner()
+        .tasks;
+    if args.quiet {
+        for t in &tasks {
+            println!("{}", t.meta.as_ref().map_or("", |m| m.id.as_str()));
+        }
+        return Ok(());
+    }
+    match args.format {
+        Format::Json => {
+            let v: Vec<serde_json::Value> = tasks
+                .iter()
+                .map(|t| {
+                    serde_json::json!({
+                        "ID": t.meta.as_ref().map_or("", |m| m.id.as_str()),
+                        "Name": super::task::task_name(t),
+                        "ServiceID": t.service_id,
+                        "NodeID": t.node_id,
+                        "Slot": t.slot,
+                        "DesiredState": super::task::state_name(t.desired_state).to_ascii_lowercase(),
+                        "Status": {
+                            "State": super::task::state_name(t.status.as_ref().map_or(0, |s| s.state)).to_ascii_lowercase(),
+                            "Message": t.status.as_ref().map_or("", |s| s.message.as_str()),
+                            "Err": t.status.as_ref().map_or("", |s| s.err.as_str()),
+                        },
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Format::Table => {
+            let nodes = client
+                .control()
+                .list_nodes(pb::ListNodesRequest { role: None })
+                .await
+                .map_err(|s| client.rpc_error(s))?
+                .into_inner()
+                .nodes;
+            let hostnames = nodes
+                .iter()
+                .map(|n| {
+                    (
+                        node_id(n).to_string(),
+                        n.description
+                            .as_ref()
+                            .map(|d| d.hostname.clone())
+                            .unwrap_or_default(),
+                    )
+                })
+                .collect();
+            print!(
+                "{}",
+                super::task::ps_table(&tasks, &hostnames, args.no_trunc)
+            );
+        }
+    }
+    Ok(())
+}
+
 async fn inspect(client: &Client, args: &InspectArgs) -> anyhow::Result<()> {
     let refs = resolve_self(client, &args.nodes).await?;
     let mut found = Vec::new();
@@ -200,26 +292,63 @@ async fn inspect(client: &Client, args: &InspectArgs) -> anyhow::Result<()> {
 async fn update(client: &Client, args: &UpdateArgs) -> anyhow::Result<()> {
     let refs = resolve_self(client, std::slice::from_ref(&args.node)).await?;
     let r = refs.first().context("no node given")?;
-    let node = get_node(client, r).await?;
-    let mut spec = node.spec.clone().unwrap_or_default();
-    merge_update(&mut spec, args).map_err(anyhow::Error::msg)?;
-    update_spec(client, &node, spec).await?;
+    modify_spec(client, r, |spec| {
+        merge_update(spec, args).map_err(anyhow::Error::msg)
+    })
+    .await?;
     // Docker echoes the reference as given.
     println!("{}", args.node);
     Ok(())
+}
+
+/// How often a change is re-applied when the node changed underneath it
+/// (the managers update node status concurrently).
+const UPDATE_ATTEMPTS: usize = 5;
+
+/// Reads the node, applies `change` to its spec and writes it with the
+/// version read; on a version conflict reads again and re-applies, so a
+/// change ("add this label") is never lost to a concurrent status update.
+async fn modify_spec(
+    client: &Client,
+    node_ref: &str,
+    change: impl Fn(&mut pb::NodeSpec) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let node = get_node(client, node_ref).await?;
+        let mut spec = node.spec.clone().unwrap_or_default();
+        change(&mut spec)?;
+        match client
+            .control()
+            .update_node(pb::UpdateNodeRequest {
+                node_id: node_id(&node).to_string(),
+                node_version: node.meta.as_ref().map_or(0, |m| m.version),
+                spec: Some(spec),
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => continue,
+            Err(s) => return Err(client.rpc_error(s).into()),
+        }
+    }
 }
 
 async fn set_role(client: &Client, nodes: &[String], role: Role) -> anyhow::Result<()> {
     let refs = resolve_self(client, nodes).await?;
     for (given, r) in nodes.iter().zip(&refs) {
         let node = get_node(client, r).await?;
-        let mut spec = node.spec.clone().unwrap_or_default();
+        let spec = node.spec.clone().unwrap_or_default();
         if spec.desired_role() == role.into() {
             println!("Node {given} is already a {}.", json::role(role.into()));
             continue;
         }
-        spec.desired_role = pb::NodeRole::from(role) as i32;
-        update_spec(client, &node, spec).await?;
+        modify_spec(client, r, |spec| {
+            spec.desired_role = pb::NodeRole::from(role) as i32;
+            Ok(())
+        })
+        .await?;
         match role {
             Role::Manager => println!("Node {given} promoted to a manager in the swarm."),
             Role::Worker => println!("Manager {given} demoted in the swarm."),
@@ -255,19 +384,6 @@ async fn rm(client: &Client, args: &RmArgs) -> anyhow::Result<()> {
     } else {
         Err(anyhow::anyhow!(errors.join("; ")))
     }
-}
-
-async fn update_spec(client: &Client, node: &pb::Node, spec: pb::NodeSpec) -> anyhow::Result<()> {
-    client
-        .control()
-        .update_node(pb::UpdateNodeRequest {
-            node_id: node_id(node).to_string(),
-            node_version: node.meta.as_ref().map_or(0, |m| m.version),
-            spec: Some(spec),
-        })
-        .await
-        .map_err(|s| client.rpc_error(s))?;
-    Ok(())
 }
 
 /// This node's ID, from its daemon.

@@ -301,6 +301,35 @@ impl control_server::Control for ControlApi {
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
 
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let r = req.into_inner();
+        let view = self.m.store.view();
+        let candidates: Vec<Arc<pb::Task>> = if !r.node_ids.is_empty() {
+            r.node_ids
+                .iter()
+                .flat_map(|n| view.tasks_by_node(n))
+                .collect()
+        } else if !r.service_ids.is_empty() {
+            r.service_ids
+                .iter()
+                .flat_map(|s| view.tasks_by_service(s))
+                .collect()
+        } else {
+            view.list::<pb::Task>().collect()
+        };
+        let tasks = candidates
+            .into_iter()
+            .filter(|t| r.service_ids.is_empty() || r.service_ids.contains(&t.service_id))
+            .filter(|t| r.node_ids.is_empty() || r.node_ids.contains(&t.node_id))
+            .filter(|t| r.desired_states.is_empty() || r.desired_states.contains(&t.desired_state))
+            .map(|t| (*t).clone())
+            .collect();
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
     async fn get_cluster(
         &self,
         _req: Request<pb::GetClusterRequest>,

@@ -142,6 +142,11 @@ impl Dispatcher {
         if let Some(d) = description {
             n.description = Some(d);
         }
+        if n == *node {
+            // Nothing new: every write bumps the version and makes a
+            // concurrent `node update` retry.
+            return Ok(());
+        }
         let actions = self
             .m
             .store

@@ -113,6 +113,10 @@ impl Manager {
         identity: TlsIdentity,
     ) -> Result<(Manager, ManagerServer), ManagerError> {
         let store = MemoryStore::new();
+        // Snapshots follow the cluster's --snapshot-interval (see
+        // `snapshot_policy`), not a fixed Raft setting.
+        let mut config = config;
+        config.raft.snapshot_interval = 0;
         let channels = Arc::new(MtlsChannels::new(&root, &identity)?);
         let contacts = Contacts::default();
         let (raft, storage) = raft::start(
@@ -194,6 +198,44 @@ impl Manager {
     }
 }
 
+/// Takes a Raft snapshot (and so compacts the log) whenever the cluster's
+/// `--snapshot-interval` entries were applied since the last one. Every
+/// manager snapshots on its own; nothing is replicated by this.
+async fn snapshot_policy(m: Manager, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let raft_spec = m
+            .cluster()
+            .and_then(|c| c.spec.clone())
+            .and_then(|s| s.raft);
+        let interval = raft_spec
+            .as_ref()
+            .map(|r| r.snapshot_interval)
+            .filter(|i| *i > 0)
+            .unwrap_or(crate::store::defaults::SNAPSHOT_INTERVAL);
+        let keep_old = raft_spec.map_or(0, |r| r.keep_old_snapshots);
+        m.storage
+            .state_machine
+            .set_keep_old(usize::try_from(keep_old).unwrap_or(usize::MAX));
+        let metrics = m.raft.metrics().borrow().clone();
+        let applied = metrics.last_applied.map_or(0, |l| l.index);
+        let snapshot = metrics.snapshot.map_or(0, |l| l.index);
+        if applied.saturating_sub(snapshot) >= interval {
+            tracing::debug!(applied, snapshot, interval, "taking a Raft snapshot");
+            if let Err(e) = m.raft.trigger().snapshot().await {
+                tracing::warn!(error = %e, "triggering a snapshot failed");
+            }
+            // Give the snapshot time to land before checking again.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
 /// Serves the cluster port until shutdown, then stops Raft.
 pub struct ManagerServer {
     manager: Manager,
@@ -229,6 +271,7 @@ impl ControlLoop for ManagerServer {
         let dispatcher = crate::dispatcher::Dispatcher::new(m.clone());
         let dispatcher_svc = dispatcher.clone().into_server();
         let dispatcher_loop = tokio::spawn(dispatcher.run_leader_duties(shutdown.clone()));
+        let snapshot_loop = tokio::spawn(snapshot_policy(m.clone(), shutdown.clone()));
         let res = tonic::transport::Server::builder()
             .layer(self.authz)
             .add_service(raft_svc)
@@ -238,6 +281,7 @@ impl ControlLoop for ManagerServer {
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await;
         let _ = dispatcher_loop.await;
+        let _ = snapshot_loop.await;
         if let Err(e) = m.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not shut down cleanly");
         }

@@ -82,7 +82,8 @@ pub struct RaftSettings {
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
     /// Take a snapshot and compact the log every this many entries
-    /// (docker's `--snapshot-interval`, default 10000).
+    /// (docker's `--snapshot-interval`, default 10000); 0 leaves snapshots
+    /// to the caller (`raft.trigger().snapshot()`).
     pub snapshot_interval: u64,
     /// Old snapshots to keep besides the newest (docker's `--max-snapshots`).
     pub keep_old_snapshots: usize,
@@ -113,10 +114,20 @@ impl RaftSettings {
             heartbeat_interval: ms(self.heartbeat),
             election_timeout_min: ms(self.election_timeout_min),
             election_timeout_max: ms(self.election_timeout_max),
-            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_interval),
+            // 0: the owner triggers snapshots itself (the manager follows
+            // the cluster's --snapshot-interval, which can change at run time).
+            snapshot_policy: if self.snapshot_interval == 0 {
+                openraft::SnapshotPolicy::Never
+            } else {
+                openraft::SnapshotPolicy::LogsSinceLast(self.snapshot_interval)
+            },
             // Keep a little log behind the snapshot so a briefly lagging
             // follower catches up by log, not by a full snapshot.
-            max_in_snapshot_log_to_keep: self.snapshot_interval.min(1000),
+            max_in_snapshot_log_to_keep: if self.snapshot_interval == 0 {
+                500
+            } else {
+                self.snapshot_interval.min(500)
+            },
             install_snapshot_timeout: 10_000,
             ..Default::default()
         };

@@ -43,7 +43,9 @@ pub struct StateMachine {
     fsm: Arc<dyn Fsm>,
     applied: Arc<Mutex<Applied>>,
     dir: PathBuf,
-    keep_old: usize,
+    /// Old snapshots kept besides the newest; the manager follows the
+    /// cluster's `--max-snapshots` through [`StateMachine::set_keep_old`].
+    keep_old: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -75,7 +77,7 @@ impl StateMachine {
             fsm,
             applied: Arc::new(Mutex::new(Applied::default())),
             dir: dir.to_path_buf(),
-            keep_old,
+            keep_old: Arc::new(std::sync::atomic::AtomicUsize::new(keep_old)),
         };
         if let Some(path) = sm
             .newest_snapshot_path()
@@ -143,7 +145,7 @@ impl StateMachine {
         }
         // Retention: the newest plus `keep_old`.
         if let Ok(mut all) = self.snapshot_paths() {
-            let keep = self.keep_old + 1;
+            let keep = self.keep_old.load(std::sync::atomic::Ordering::Relaxed) + 1;
             if all.len() > keep {
                 let remove = all.len() - keep;
                 for p in all.drain(..remove) {
@@ -152,6 +154,10 @@ impl StateMachine {
             }
         }
         Ok(())
+    }
+
+    pub fn set_keep_old(&self, n: usize) {
+        self.keep_old.store(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Number of snapshot files on disk (for metrics).
