@@ -2,9 +2,10 @@
 //! the integration tests use, so the demo cannot drift from what is tested.
 //!
 //! Shows what works today and nothing that does not: daemons in their own
-//! network namespaces on two routed subnets, the eBPF data plane attached
-//! to each node, traffic from a client outside the swarm, and the CLI's
-//! view of it. Grows with the product.
+//! network namespaces on two routed subnets, formed into a swarm (`init`,
+//! a second manager and a worker joining with tokens over mutual TLS), the
+//! eBPF data plane attached to each node, traffic from a client outside the
+//! swarm, and the CLI's view of it. Grows with the product.
 use std::{process::Command, time::Duration};
 
 use anyhow::{Context, bail};
@@ -16,6 +17,7 @@ fn say(s: &str) {
 }
 
 pub fn run(nodes: usize, wait_for: Option<SigSet>) -> anyhow::Result<()> {
+    // Node names in `node ls` are the harness's, not this host's.
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -26,7 +28,14 @@ pub fn run(nodes: usize, wait_for: Option<SigSet>) -> anyhow::Result<()> {
     let mut cluster = Cluster::builder()
         .nodes(nodes)
         .topology(Topology::RoutedSubnets)
-        .daemon_args(|_| vec!["--dataplane-interface".into(), "eth0".into()])
+        .daemon_args(|i| {
+            vec![
+                "--dataplane-interface".into(),
+                "eth0".into(),
+                "--hostname".into(),
+                format!("node-{i}"),
+            ]
+        })
         .start();
     let client = cluster.add_client_host().index();
 
@@ -43,6 +52,61 @@ pub fn run(nodes: usize, wait_for: Option<SigSet>) -> anyhow::Result<()> {
     say("each daemon answers its own API (swarm version)");
     let v = cluster.node(1).swarm(&["version"]).success();
     print!("{}", v.stdout);
+
+    say("node 1: swarm init (a Raft group of one, a new root CA, join tokens)");
+    let n1 = cluster.node(1);
+    let init = n1
+        .swarm(&["init", "--advertise-addr", &n1.addr().to_string()])
+        .success();
+    print!("{}", init.stdout);
+    let token = |role: &str| {
+        n1.swarm(&["join-token", "-q", role])
+            .success()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let (worker_token, manager_token) = (token("worker"), token("manager"));
+    let manager_addr = format!("{}:2377", n1.addr());
+    for n in cluster.nodes().iter().skip(1) {
+        let (role, tok) = if n.index() == 2 {
+            ("manager", &manager_token)
+        } else {
+            ("worker", &worker_token)
+        };
+        say(&format!("node {}: swarm join as a {role}", n.index()));
+        let out = n
+            .swarm(&[
+                "join",
+                "--token",
+                tok,
+                "--advertise-addr",
+                &n.addr().to_string(),
+                &manager_addr,
+            ])
+            .success();
+        print!("{}", out.stdout);
+    }
+    // Sessions open and heartbeats start within a second or two.
+    let ready = (0..100).any(|_| {
+        let ls = n1.swarm(&["node", "ls", "--format", "json"]);
+        let all_ready = ls.ok()
+            && ls.json().as_array().is_some_and(|a| {
+                a.len() == nodes
+                    && a.iter()
+                        .all(|v| v["Status"]["State"].as_str() == Some("ready"))
+            });
+        if !all_ready {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        all_ready
+    });
+    if !ready {
+        cluster.dump_logs();
+        bail!("the nodes did not all become ready");
+    }
+    say("swarm node ls (on node 1, a manager)");
+    print!("{}", n1.swarm(&["node", "ls"]).success().stdout);
 
     say("a client outside the swarm pings every node; XDP and TC count it");
     let client_host = cluster.host(client);
@@ -88,7 +152,8 @@ pub fn run(nodes: usize, wait_for: Option<SigSet>) -> anyhow::Result<()> {
         return Ok(());
     };
     say("the swarm is running; try:");
-    let n1 = cluster.node(1);
+    println!("  {} -H {} node ls", bin.display(), n1.host_arg());
+    println!("  {} -H {} info", bin.display(), n1.host_arg());
     println!("  {} -H {} dataplane status", bin.display(), n1.host_arg());
     println!(
         "  {} -H {} version --format json",
