@@ -93,8 +93,11 @@ pub fn run(nodes: usize, wait_for: Option<SigSet>) -> anyhow::Result<()> {
         let all_ready = ls.ok()
             && ls.json().as_array().is_some_and(|a| {
                 a.len() == nodes
-                    && a.iter()
-                        .all(|v| v["Status"]["State"].as_str() == Some("ready"))
+                    && a.iter().all(|v| {
+                        v["Status"]["State"].as_str() == Some("ready")
+                            && (v["ManagerStatus"].is_null()
+                                || v["ManagerStatus"]["Reachability"].as_str() == Some("reachable"))
+                    })
             });
         if !all_ready {
             std::thread::sleep(Duration::from_millis(100));
