@@ -20,6 +20,7 @@ pub mod dispatcher;
 pub mod host;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod node;
 pub mod raft;
 pub mod store;

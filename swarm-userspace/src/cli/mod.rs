@@ -107,12 +107,30 @@ pub struct DaemonArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
+    /// Where to serve Prometheus metrics (`/metrics`), or "none". Loopback
+    /// by default: metrics describe the cluster, so exposing them is a
+    /// choice (e.g. `--metrics-addr 0.0.0.0:9323` for a remote Prometheus).
+    #[arg(long, default_value = "127.0.0.1:9323", value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
     /// Name this node reports in `node ls` (default: the OS hostname).
     #[arg(long)]
     pub hostname: Option<String>,
     /// How long shutdown may take before remaining work is abandoned.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// `--metrics-addr`: an address, or "none" to serve no metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
+    if s.is_empty() || s == "none" {
+        return Ok(MetricsAddr(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("invalid --metrics-addr {s:?}: {e} (use IP:PORT or none)"))
 }
 
 /// Parses durations the way docker's flags take them: "500ms", "10s", "5m", "1h".
@@ -159,6 +177,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "localhost".into())
                 }),
                 raft: crate::raft::RaftSettings::default(),
+                metrics_addr: args.metrics_addr.0,
             })
             .await?;
             Ok(())

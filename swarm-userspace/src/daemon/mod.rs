@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     /// Name this node reports (docker uses the OS hostname).
     pub hostname: String,
     pub raft: crate::raft::RaftSettings,
+    /// Where to serve Prometheus metrics; `None` serves none.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub enum DaemonError {
     Dataplane(#[from] DataplaneError),
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::server::MetricsError),
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     #[error(transparent)]
@@ -117,7 +121,13 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     });
     let mut supervisor = Supervisor::new(config.shutdown_timeout);
     supervisor.spawn(node_loop);
-    supervisor.spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone(), node).await?);
+    supervisor
+        .spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone(), node.clone()).await?);
+    if let Some(addr) = config.metrics_addr {
+        supervisor.spawn(
+            crate::metrics::server::MetricsServer::bind(addr, node, dataplane.clone()).await?,
+        );
+    }
     let res = supervisor.run_until(stop).await;
     // Programs detach when the data plane is dropped, after the API that
     // reads it has stopped.

@@ -16,13 +16,13 @@ use aya::{
     },
 };
 use swarm_ebpf_common::{
-    COUNTERS_MAP, CounterKey, Direction, PacketCounter, TC_EGRESS_PROG, TrafficClass,
-    XDP_INGRESS_PROG,
+    COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, PacketCounter, TC_EGRESS_PROG,
+    TrafficClass, XDP_INGRESS_PROG,
 };
 
 use super::{
     AttachedInterface, AttachedProgram, Counter, Dataplane, DataplaneError, DataplaneStatus,
-    XdpMode,
+    MapUsage, XdpMode,
 };
 
 /// The compiled programs, 8-byte aligned as aya's ELF parser wants.
@@ -226,7 +226,9 @@ impl Dataplane for EbpfDataplane {
                 reason: e.to_string(),
             })?;
         let mut counters = BTreeMap::new();
+        let mut entries = 0_u64;
         for entry in map.iter() {
+            entries += 1;
             let (key, per_cpu) = entry.map_err(|e| DataplaneError::MapRead {
                 map: "SWARM_COUNTERS",
                 reason: e.to_string(),
@@ -254,6 +256,11 @@ impl Dataplane for EbpfDataplane {
             backend: self.backend().into(),
             interfaces,
             counters,
+            maps: vec![MapUsage {
+                name: COUNTERS_MAP.into(),
+                entries,
+                capacity: COUNTERS_MAX_ENTRIES,
+            }],
         })
     }
 }

@@ -70,11 +70,20 @@ pub struct Counter {
     pub bytes: u64,
 }
 
+/// How full one BPF map is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MapUsage {
+    pub name: String,
+    pub entries: u64,
+    pub capacity: u32,
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DataplaneStatus {
     pub backend: String,
     pub interfaces: Vec<AttachedInterface>,
     pub counters: BTreeMap<CounterId, Counter>,
+    pub maps: Vec<MapUsage>,
 }
 
 /// A node's packet path. Calls are quick (map updates and reads); callers

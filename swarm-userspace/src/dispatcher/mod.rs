@@ -105,6 +105,12 @@ impl Dispatcher {
             .ok_or_else(|| Status::unauthenticated("sessions need a node certificate"))
     }
 
+    fn publish_sessions(&self, n: usize) {
+        crate::metrics::metrics()
+            .dispatcher_sessions
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
         let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         match s.get_mut(node_id) {
@@ -193,6 +199,7 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clear();
+                self.publish_sessions(0);
                 continue;
             }
             let since = *self
@@ -298,10 +305,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let r = req.into_inner();
         let session_id = new_id();
         let stop = CancellationToken::new();
-        self.sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
+        let open = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            sessions.insert(
                 who.node_id.clone(),
                 Session {
                     id: session_id.clone(),
@@ -309,6 +315,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                     _stop: stop.clone(),
                 },
             );
+            sessions.len()
+        };
+        self.publish_sessions(open);
         self.set_node_state(
             &who.node_id,
             pb::NodeState::Ready,
@@ -362,6 +371,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         }
         let who = self.caller(&req)?;
         self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        crate::metrics::metrics().dispatcher_heartbeats.inc();
         Ok(Response::new(pb::HeartbeatResponse {
             period_ms: millis(heartbeat_period(&self.m)),
         }))
@@ -454,6 +464,16 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             // States only move forward; a late report is dropped.
             if status.state < current {
                 continue;
+            }
+            if status.state >= pb::TaskState::Running as i32
+                && current < pb::TaskState::Running as i32
+                && let Some(created) = t.meta.as_ref().and_then(|m| m.created_at)
+                && let Ok(created) = std::time::SystemTime::try_from(created)
+                && let Ok(delay) = std::time::SystemTime::now().duration_since(created)
+            {
+                crate::metrics::metrics()
+                    .dispatcher_scheduling_delay
+                    .observe(delay.as_secs_f64());
             }
             let mut nt = (*t).clone();
             nt.status = Some(status);

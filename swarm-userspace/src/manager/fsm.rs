@@ -23,7 +23,12 @@ impl Fsm for StoreFsm {
                 };
             }
         };
-        match self.0.apply(index, batch) {
+        let started = std::time::Instant::now();
+        let res = self.0.apply(index, batch);
+        crate::metrics::metrics()
+            .store_write_tx_latency
+            .observe(started.elapsed().as_secs_f64());
+        match res {
             Ok(_) => ApplyResult::Applied { index },
             Err(e) => ApplyResult::Rejected {
                 reason: e.to_string(),

@@ -117,6 +117,19 @@ impl Proposer {
                 .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
             payload: batch.encode_to_vec(),
         };
+        let started = std::time::Instant::now();
+        let res = self.commit(proposal).await;
+        let m = crate::metrics::metrics();
+        if res.is_ok() {
+            m.raft_proposal_latency
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            m.raft_proposals_failed.inc();
+        }
+        res
+    }
+
+    async fn commit(&self, proposal: Proposal) -> Result<u64, ProposeError> {
         match tokio::time::timeout(self.timeout, self.raft.client_write(proposal)).await {
             Err(_) => {
                 let (reachable, managers) = self.reachability();

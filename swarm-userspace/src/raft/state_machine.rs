@@ -221,7 +221,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             a.last_applied = Some(e.log_id);
             let r = match e.payload {
                 EntryPayload::Blank => ApplyResult::Noop,
-                EntryPayload::Normal(ref p) => self.fsm.apply(e.log_id.index, p),
+                EntryPayload::Normal(ref p) => {
+                    let started = std::time::Instant::now();
+                    let r = self.fsm.apply(e.log_id.index, p);
+                    crate::metrics::metrics()
+                        .raft_apply_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    r
+                }
                 EntryPayload::Membership(m) => {
                     a.membership = StoredMembership::new(Some(e.log_id), m);
                     ApplyResult::Noop
