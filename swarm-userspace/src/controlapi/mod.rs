@@ -72,15 +72,30 @@ impl ControlApi {
     }
 
     /// A forwarded call that could not reach the leader is the cluster's
-    /// problem, not the local daemon's: never UNAVAILABLE to the CLI.
-    fn forwarded<T>(r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
+    /// problem, not the local daemon's: never UNAVAILABLE to the CLI, and
+    /// said in the same words as the leader's own no-quorum refusal.
+    fn forwarded<T>(&self, r: Result<Response<T>, Status>) -> Result<Response<T>, Status> {
         r.map_err(|s| {
             if matches!(
                 s.code(),
                 tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::DeadlineExceeded
             ) {
+                let leader = self
+                    .m
+                    .proposer
+                    .leader_addr()
+                    .unwrap_or_else(|| "unknown".into());
+                let voters = self
+                    .m
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .count();
                 Status::failed_precondition(format!(
-                    "cannot reach the leader ({}); this manager may be cut off from the majority of managers, so it cannot write",
+                    "no quorum: this manager cannot reach the leader (at {leader}) of the {voters} managers, so it is cut off from their majority; writes are refused until it is reachable again (reads still work) [{}]",
                     s.message()
                 ))
             } else {
@@ -192,7 +207,7 @@ impl control_server::Control for ControlApi {
         req: Request<pb::UpdateNodeRequest>,
     ) -> Result<Response<pb::UpdateNodeResponse>, Status> {
         if !self.m.is_leader() {
-            return Self::forwarded(self.leader()?.update_node(req.into_inner()).await);
+            return self.forwarded(self.leader()?.update_node(req.into_inner()).await);
         }
         let r = req.into_inner();
         let spec = r
@@ -256,7 +271,7 @@ impl control_server::Control for ControlApi {
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         if !self.m.is_leader() {
-            return Self::forwarded(self.leader()?.remove_node(req.into_inner()).await);
+            return self.forwarded(self.leader()?.remove_node(req.into_inner()).await);
         }
         let r = req.into_inner();
         let node = resolve_node(&self.m, &r.node_id)?;
@@ -346,7 +361,7 @@ impl control_server::Control for ControlApi {
         req: Request<pb::RotateJoinTokenRequest>,
     ) -> Result<Response<pb::RotateJoinTokenResponse>, Status> {
         if !self.m.is_leader() {
-            return Self::forwarded(self.leader()?.rotate_join_token(req.into_inner()).await);
+            return self.forwarded(self.leader()?.rotate_join_token(req.into_inner()).await);
         }
         let r = req.into_inner();
         let mut cluster = (*cluster_of(&self.m)?).clone();
