@@ -88,6 +88,36 @@ impl Control for LocalControl {
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
         self.api()?.remove_node(r).await
     }
+    async fn create_service(
+        &self,
+        r: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<pb::CreateServiceResponse>, Status> {
+        self.api()?.create_service(r).await
+    }
+    async fn get_service(
+        &self,
+        r: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::GetServiceResponse>, Status> {
+        self.api()?.get_service(r).await
+    }
+    async fn list_services(
+        &self,
+        r: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.api()?.list_services(r).await
+    }
+    async fn update_service(
+        &self,
+        r: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::UpdateServiceResponse>, Status> {
+        self.api()?.update_service(r).await
+    }
+    async fn remove_service(
+        &self,
+        r: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        self.api()?.remove_service(r).await
+    }
     async fn list_tasks(
         &self,
         r: Request<pb::ListTasksRequest>,

@@ -1,4 +1,5 @@
-//! The control API (`swarm node ...`, `swarm join-token ...`): validates
+//! The control API (`swarm node ...`, `swarm service ...`, `swarm
+//! join-token ...`): validates
 //! requests, reads from the local store, and turns changes into store
 //! batches proposed on the leader. A follower forwards every call that
 //! writes to the leader; reads answer from local memory, so they work
@@ -6,6 +7,8 @@
 //!
 //! Must never hand out the CA's private key: cluster objects leave the
 //! manager scrubbed.
+pub mod service;
+
 use std::sync::Arc;
 
 use swarm_proto::v1::{self as pb, control_client::ControlClient, control_server};
@@ -14,7 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     ca::JoinToken,
     manager::{Manager, caserver::propose_status},
-    store::WriteTx,
+    store::{StoreError, WriteTx},
 };
 
 #[derive(Clone, Debug)]
@@ -174,6 +177,91 @@ fn cluster_of(m: &Manager) -> Result<Arc<pb::Cluster>, Status> {
         .ok_or_else(|| Status::failed_precondition("the swarm is still initialising; retry"))
 }
 
+/// Finds one service by ID, name, or unique ID prefix (docker's order).
+pub fn resolve_service(m: &Manager, r: &str) -> Result<Arc<pb::Service>, Status> {
+    let view = m.store.view();
+    if r.is_empty() {
+        return Err(Status::invalid_argument("no service given"));
+    }
+    if let Some(s) = view.get::<pb::Service>(r) {
+        return Ok(s);
+    }
+    if let Some(s) = view.get_by_name::<pb::Service>(r) {
+        return Ok(s);
+    }
+    let mut found = view.find_by_id_prefix::<pb::Service>(r);
+    match found.len() {
+        0 => Err(Status::not_found(format!(
+            "service {r} not found: `service ls` lists the services"
+        ))),
+        1 => Ok(found.remove(0)),
+        n => Err(Status::invalid_argument(format!(
+            "service {r} is ambiguous ({n} matches): use a longer ID prefix or the name"
+        ))),
+    }
+}
+
+/// A store refusal as the client should see it.
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NameConflict { .. } => Status::already_exists(e.to_string()),
+        StoreError::OutOfSequence { .. } => Status::aborted(format!(
+            "the object changed while this update was in flight; read it again and retry ({e})"
+        )),
+        other => Status::failed_precondition(other.to_string()),
+    }
+}
+
+/// Replaces network names in the spec's attachments with network IDs;
+/// refuses unknown networks and the ingress network.
+fn resolve_networks(m: &Manager, spec: &mut pb::ServiceSpec) -> Result<(), Status> {
+    let view = m.store.view();
+    let Some(task) = spec.task.as_mut() else {
+        return Ok(());
+    };
+    for att in &mut task.networks {
+        let net = view
+            .get::<pb::Network>(&att.target)
+            .or_else(|| view.get_by_name::<pb::Network>(&att.target))
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "network {} not found: attach the service to an existing overlay network",
+                    att.target
+                ))
+            })?;
+        if net.spec.as_ref().is_some_and(|s| s.ingress) {
+            return Err(Status::invalid_argument(format!(
+                "service cannot be explicitly attached to the ingress network {:?}",
+                att.target
+            )));
+        }
+        if let Some(meta) = &net.meta {
+            att.target = meta.id.clone();
+        }
+    }
+    Ok(())
+}
+
+/// Fills docker's defaults, resolves networks and runs every check on a
+/// spec about to be stored for service `service_id` (empty for a new one).
+fn prepare_spec(
+    m: &Manager,
+    mut spec: pb::ServiceSpec,
+    service_id: &str,
+) -> Result<pb::ServiceSpec, Status> {
+    service::fill_defaults(&mut spec);
+    service::validate_spec(&spec)?;
+    resolve_networks(m, &mut spec)?;
+    let view = m.store.view();
+    let others: Vec<Arc<pb::Service>> = view.list::<pb::Service>().collect();
+    service::check_port_conflicts(&spec, service_id, others.iter().map(|s| &**s))?;
+    Ok(spec)
+}
+
+fn now() -> prost_types::Timestamp {
+    std::time::SystemTime::now().into()
+}
+
 #[tonic::async_trait]
 impl control_server::Control for ControlApi {
     async fn get_node(
@@ -314,6 +402,191 @@ impl control_server::Control for ControlApi {
             .map_err(propose_status)?;
         tracing::info!(node_id = %id, "node removed; its certificate is now refused");
         Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn create_service(
+        &self,
+        req: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<pb::CreateServiceResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.forwarded(self.leader()?.create_service(req.into_inner()).await);
+        }
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("the request carries no service spec"))?;
+        let spec = prepare_spec(&self.m, spec, "")?;
+        let id = crate::store::new_id();
+        let job_status = service::is_job(&spec).then(|| pb::JobStatus {
+            job_iteration: 0,
+            last_execution: Some(now()),
+        });
+        let svc = pb::Service {
+            meta: Some(pb::Meta {
+                id: id.clone(),
+                ..Default::default()
+            }),
+            spec: Some(spec),
+            job_status,
+            ..Default::default()
+        };
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.create(svc))
+            .map_err(store_status)?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        let service = self
+            .m
+            .store
+            .view()
+            .get::<pb::Service>(&id)
+            .map(|s| (*s).clone());
+        tracing::info!(service_id = %id, "service created");
+        Ok(Response::new(pb::CreateServiceResponse { service }))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::GetServiceResponse>, Status> {
+        let s = resolve_service(&self.m, &req.get_ref().service_ref)?;
+        Ok(Response::new(pb::GetServiceResponse {
+            service: Some((*s).clone()),
+        }))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        let f = req.into_inner();
+        service::validate_filters(&f)?;
+        let services = self
+            .m
+            .store
+            .view()
+            .list::<pb::Service>()
+            .filter(|s| service::matches_filters(s, &f))
+            .map(|s| (*s).clone())
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<pb::UpdateServiceResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.forwarded(self.leader()?.update_service(req.into_inner()).await);
+        }
+        let r = req.into_inner();
+        let current = resolve_service(&self.m, &r.service_ref)?;
+        let id = current
+            .meta
+            .as_ref()
+            .map(|m| m.id.clone())
+            .unwrap_or_default();
+        let version = current.meta.as_ref().map_or(0, |m| m.version);
+        if r.service_version != version {
+            return Err(Status::aborted(format!(
+                "service {} changed since it was read (version {} now, {} read); read it again and retry",
+                r.service_ref, version, r.service_version
+            )));
+        }
+        let mut svc = (*current).clone();
+        let old_spec = svc.spec.clone().unwrap_or_default();
+        if r.rollback {
+            let previous = svc.previous_spec.take().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {} has no previous spec to roll back to: it was never updated",
+                    r.service_ref
+                ))
+            })?;
+            // The previous spec was valid when stored, but another service
+            // may have taken one of its ports since.
+            let others: Vec<Arc<pb::Service>> = self.m.store.view().list::<pb::Service>().collect();
+            service::check_port_conflicts(&previous, &id, others.iter().map(|s| &**s))?;
+            svc.spec = Some(previous);
+            svc.previous_spec = Some(old_spec);
+            svc.update_status = Some(pb::UpdateStatus {
+                state: pb::UpdateState::RollbackStarted as i32,
+                started_at: Some(now()),
+                completed_at: None,
+                message: "manually requested rollback".into(),
+            });
+        } else {
+            let spec = r
+                .spec
+                .ok_or_else(|| Status::invalid_argument("the update carries no service spec"))?;
+            let spec = prepare_spec(&self.m, spec, &id)?;
+            service::check_update(&old_spec, &spec)?;
+            svc.previous_spec = Some(old_spec);
+            svc.spec = Some(spec);
+            svc.update_status = None;
+        }
+        if let Some(job) = svc.job_status.as_mut() {
+            // Any change to a job runs it again.
+            job.job_iteration += 1;
+            job.last_execution = Some(now());
+        }
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.update(svc))
+            .map_err(store_status)?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        let service = self
+            .m
+            .store
+            .view()
+            .get::<pb::Service>(&id)
+            .map(|s| (*s).clone());
+        Ok(Response::new(pb::UpdateServiceResponse { service }))
+    }
+
+    async fn remove_service(
+        &self,
+        req: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.forwarded(self.leader()?.remove_service(req.into_inner()).await);
+        }
+        let svc = resolve_service(&self.m, &req.get_ref().service_ref)?;
+        let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        let tasks = self.m.store.view().tasks_by_service(&id);
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| {
+                tx.remove::<pb::Service>(&id)?;
+                // Its tasks are to be torn down: agents stop them and the
+                // task reaper deletes them once they have stopped.
+                for t in tasks {
+                    if t.desired_state < pb::TaskState::Remove as i32 {
+                        let mut t = (*t).clone();
+                        t.desired_state = pb::TaskState::Remove as i32;
+                        tx.update(t)?;
+                    }
+                }
+                Ok::<(), StoreError>(())
+            })
+            .map_err(store_status)?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(service_id = %id, "service removed");
+        Ok(Response::new(pb::RemoveServiceResponse {}))
     }
 
     async fn list_tasks(

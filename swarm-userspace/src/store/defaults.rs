@@ -1,5 +1,6 @@
-//! Docker's defaults for a new swarm, as objects (proto3 has no field
-//! defaults, and a zero often means "unset" rather than the default).
+//! Docker's defaults for a new swarm and for a new service, as objects
+//! (proto3 has no field defaults, and a zero often means "unset" rather
+//! than the default).
 
 use prost_types::Duration;
 use swarm_proto::v1 as pb;
@@ -23,6 +24,56 @@ pub const DEFAULT_ADDRESS_POOL: &str = "10.0.0.0/8";
 pub const DEFAULT_SUBNET_SIZE: u32 = 24;
 /// `--data-path-port`.
 pub const VXLAN_UDP_PORT: u32 = 4789;
+
+/// `--update-parallelism` and `--rollback-parallelism`.
+pub const UPDATE_PARALLELISM: u64 = 1;
+/// `--update-monitor` and `--rollback-monitor`.
+pub const UPDATE_MONITOR_SECONDS: i64 = 5;
+/// `--restart-delay`.
+pub const RESTART_DELAY_SECONDS: i64 = 5;
+/// `--stop-grace-period`.
+pub const STOP_GRACE_PERIOD_SECONDS: i64 = 10;
+
+/// A service's update (or rollback) config when no flag changes it:
+/// parallelism 1, delay 0s, failure action pause, monitor 5s, max failure
+/// ratio 0, order stop-first.
+#[must_use]
+pub fn update_config() -> pb::UpdateConfig {
+    pb::UpdateConfig {
+        parallelism: UPDATE_PARALLELISM,
+        delay: seconds(0),
+        failure_action: pb::UpdateFailureAction::Pause as i32,
+        monitor: seconds(UPDATE_MONITOR_SECONDS),
+        max_failure_ratio: 0.0,
+        order: pb::UpdateOrder::StopFirst as i32,
+    }
+}
+
+/// A task's restart policy when no flag changes it: condition any (on
+/// failure for jobs, which would never complete otherwise), delay 5s, no
+/// attempt limit, no window.
+#[must_use]
+pub fn restart_policy(job: bool) -> pb::RestartPolicy {
+    pb::RestartPolicy {
+        condition: if job {
+            pb::RestartCondition::OnFailure as i32
+        } else {
+            pb::RestartCondition::Any as i32
+        },
+        delay: seconds(RESTART_DELAY_SECONDS),
+        max_attempts: 0,
+        window: None,
+    }
+}
+
+/// `--stop-grace-period`.
+#[must_use]
+pub fn stop_grace_period() -> Duration {
+    Duration {
+        seconds: STOP_GRACE_PERIOD_SECONDS,
+        nanos: 0,
+    }
+}
 
 fn seconds(s: i64) -> Option<Duration> {
     Some(Duration {
