@@ -9,6 +9,7 @@ mod info;
 mod json;
 mod node;
 mod output;
+mod service;
 mod swarm;
 mod task;
 mod version;
@@ -71,6 +72,9 @@ pub enum Command {
     /// Manage the swarm's nodes (run on a manager).
     #[command(subcommand)]
     Node(node::NodeCommand),
+    /// Manage the swarm's services (run on a manager).
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -133,31 +137,76 @@ fn parse_metrics_addr(s: &str) -> Result<MetricsAddr, String> {
         .map_err(|e| format!("invalid --metrics-addr {s:?}: {e} (use IP:PORT or none)"))
 }
 
-/// Parses durations the way docker's flags take them: "500ms", "10s", "5m", "1h".
+/// Parses durations the way docker's flags take them (Go's
+/// `time.ParseDuration`): "500ms", "10s", "1h30m", "1.5h", "0"; units ns,
+/// us (µs), ms, s, m, h. Negative durations are refused.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("invalid duration {s:?}: missing unit (ms, s, m, h)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: {num:?} is not a number"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unknown unit {unit:?} (use ms, s, m, h)"
-            ));
-        }
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("invalid duration {s:?}"));
+    let t = s.trim();
+    if t == "0" {
+        return Ok(Duration::ZERO);
     }
-    Ok(Duration::from_secs_f64(secs))
+    if t.is_empty() {
+        return Err("invalid duration \"\": use a number with a unit, e.g. 10s".into());
+    }
+    if t.starts_with('-') {
+        return Err(format!(
+            "invalid duration {s:?}: durations cannot be negative"
+        ));
+    }
+    let mut rest = t.strip_prefix('+').unwrap_or(t);
+    let mut total: u128 = 0;
+    let bad_number = |num: &str| format!("invalid duration {s:?}: {num:?} is not a number");
+    while !rest.is_empty() {
+        let num_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(|| format!("invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)"))?;
+        let (num, after) = rest.split_at(num_end);
+        let unit_end = after
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(after.len());
+        let (unit, next) = after.split_at(unit_end);
+        let unit_nanos: u128 = match unit {
+            "ns" => 1,
+            "us" | "\u{b5}s" | "\u{3bc}s" => 1_000,
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => {
+                return Err(format!(
+                    "invalid duration {s:?}: unknown unit {unit:?} (use ns, us, ms, s, m, h)"
+                ));
+            }
+        };
+        // Exact decimal arithmetic, as Go's: "0.1s" is 100ms, not a
+        // float's approximation of it.
+        let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+        if (int.is_empty() && frac.is_empty()) || frac.contains('.') {
+            return Err(bad_number(num));
+        }
+        let int: u128 = if int.is_empty() {
+            0
+        } else {
+            int.parse().map_err(|_| bad_number(num))?
+        };
+        let mut part = int
+            .checked_mul(unit_nanos)
+            .ok_or_else(|| format!("invalid duration {s:?}: out of range"))?;
+        let mut scale = unit_nanos;
+        for d in frac.chars().filter_map(|c| c.to_digit(10)) {
+            scale /= 10;
+            part += u128::from(d) * scale;
+        }
+        total = total
+            .checked_add(part)
+            .ok_or_else(|| format!("invalid duration {s:?}: out of range"))?;
+        rest = next;
+    }
+    let secs = u64::try_from(total / 1_000_000_000)
+        .map_err(|_| format!("invalid duration {s:?}: out of range"))?;
+    // The remainder of a division by 1e9 fits in u32.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(Duration::new(secs, (total % 1_000_000_000) as u32))
 }
 
 /// Runs the command line; returns the process exit code.
@@ -195,6 +244,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
+        Command::Service(cmd) => service::run(&Client::connect(&cli.host).await?, &cmd).await,
     }
 }
 
@@ -211,6 +261,15 @@ mod tests {
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("tens").is_err());
         assert!(parse_duration("5y").is_err());
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("1m30.5s"), Ok(Duration::from_millis(90_500)));
+        assert_eq!(parse_duration("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_duration("100ns"), Ok(Duration::from_nanos(100)));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("1h30").is_err());
+        assert!(parse_duration("s").is_err());
     }
 
     #[test]

@@ -215,24 +215,9 @@ async fn ps(client: &Client, args: &PsArgs) -> anyhow::Result<()> {
     }
     match args.format {
         Format::Json => {
-            let v: Vec<serde_json::Value> = tasks
-                .iter()
-                .map(|t| {
-                    serde_json::json!({
-                        "ID": t.meta.as_ref().map_or("", |m| m.id.as_str()),
-                        "Name": super::task::task_name(t),
-                        "ServiceID": t.service_id,
-                        "NodeID": t.node_id,
-                        "Slot": t.slot,
-                        "DesiredState": super::task::state_name(t.desired_state).to_ascii_lowercase(),
-                        "Status": {
-                            "State": super::task::state_name(t.status.as_ref().map_or(0, |s| s.state)).to_ascii_lowercase(),
-                            "Message": t.status.as_ref().map_or("", |s| s.message.as_str()),
-                            "Err": t.status.as_ref().map_or("", |s| s.err.as_str()),
-                        },
-                    })
-                })
-                .collect();
+            let mut tasks = tasks;
+            tasks.sort_by(super::task::cmp_tasks);
+            let v: Vec<serde_json::Value> = tasks.iter().map(super::task::task_json).collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Format::Table => {
@@ -257,7 +242,12 @@ async fn ps(client: &Client, args: &PsArgs) -> anyhow::Result<()> {
                 .collect();
             print!(
                 "{}",
-                super::task::ps_table(&tasks, &hostnames, args.no_trunc)
+                super::task::ps_table(
+                    &tasks,
+                    &hostnames,
+                    args.no_trunc,
+                    std::time::SystemTime::now()
+                )
             );
         }
     }

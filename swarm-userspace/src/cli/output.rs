@@ -40,6 +40,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
                 s.push_str(&" ".repeat(pad));
             }
         }
+        // Empty trailing cells leave no trailing blanks.
+        s.truncate(s.trim_end().len());
         s.push('\n');
         s
     };
@@ -147,6 +149,28 @@ pub fn duration(d: Duration) -> String {
     out
 }
 
+/// Docker's (go-units) `HumanDuration`: "Less than a second", "5 seconds",
+/// "About a minute", "3 hours", "2 weeks"... as in "Running 5 minutes ago".
+pub fn human_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    let minutes = secs / 60;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // rounded hours fit
+    let hours = (d.as_secs_f64() / 3600.0).round() as u64;
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..=59 => format!("{secs} seconds"),
+        _ if minutes == 1 => "About a minute".into(),
+        _ if minutes < 60 => format!("{minutes} minutes"),
+        _ if hours == 1 => "About an hour".into(),
+        _ if hours < 48 => format!("{hours} hours"),
+        _ if hours < 24 * 7 * 2 => format!("{} days", hours / 24),
+        _ if hours < 24 * 30 * 2 => format!("{} weeks", hours / 24 / 7),
+        _ if hours < 24 * 365 * 2 => format!("{} months", hours / 24 / 30),
+        _ => format!("{} years", secs / 3600 / 24 / 365),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +209,25 @@ mod tests {
         assert_eq!(duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(duration(Duration::from_millis(500)), "500ms");
         assert_eq!(duration(Duration::ZERO), "0s");
+    }
+
+    #[test]
+    fn human_durations_read_like_docker() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            human_duration(Duration::from_millis(300)),
+            "Less than a second"
+        );
+        assert_eq!(human_duration(s(1)), "1 second");
+        assert_eq!(human_duration(s(45)), "45 seconds");
+        assert_eq!(human_duration(s(90)), "About a minute");
+        assert_eq!(human_duration(s(600)), "10 minutes");
+        assert_eq!(human_duration(s(3600)), "About an hour");
+        assert_eq!(human_duration(s(5 * 3600)), "5 hours");
+        assert_eq!(human_duration(s(3 * 86400)), "3 days");
+        assert_eq!(human_duration(s(21 * 86400)), "3 weeks");
+        assert_eq!(human_duration(s(90 * 86400)), "3 months");
+        assert_eq!(human_duration(s(800 * 86400)), "2 years");
     }
 
     #[test]
