@@ -11,36 +11,42 @@ use swarm_harness::Topology;
 fn three_managers_and_two_workers_form_a_swarm_every_manager_agrees_on() {
     let c = cluster(5, Topology::Bridge);
     form(&c, 3, 2);
-    let views: Vec<Vec<(String, String, String)>> = (1..=3)
-        .map(|i| {
-            let ls = wait_all_ready(c.node(i), 5);
-            let mut rows: Vec<(String, String, String)> = ls
-                .iter()
-                .map(|v| {
-                    (
-                        field(v, "ID").as_str().unwrap_or_default().to_string(),
-                        hostname_of(v),
-                        format!(
-                            "{}/{}",
-                            field(v, "Spec.Role").as_str().unwrap_or_default(),
-                            field(v, "ManagerStatus.Reachability")
-                                .as_str()
-                                .unwrap_or_default()
-                        ),
-                    )
-                })
-                .collect();
-            rows.sort();
-            rows
-        })
-        .collect();
-    assert_eq!(views[0], views[1]);
-    assert_eq!(views[1], views[2]);
-    let managers = views[0]
-        .iter()
-        .filter(|r| r.2.starts_with("manager"))
-        .count();
-    assert_eq!(managers, 3, "{:?}", views[0]);
+    // Every manager converges on the same view: same IDs, roles, and all
+    // three managers reachable (a freshly joined one is briefly unknown).
+    let rows = |i: usize| -> Option<Vec<(String, String, String)>> {
+        let ls = node_ls(c.node(i))?;
+        let mut rows: Vec<(String, String, String)> = ls
+            .iter()
+            .map(|v| {
+                (
+                    field(v, "ID").as_str().unwrap_or_default().to_string(),
+                    hostname_of(v),
+                    format!(
+                        "{}/{}",
+                        field(v, "Spec.Role").as_str().unwrap_or_default(),
+                        field(v, "ManagerStatus.Reachability")
+                            .as_str()
+                            .unwrap_or_default()
+                    ),
+                )
+            })
+            .collect();
+        rows.sort();
+        Some(rows)
+    };
+    for i in 1..=3 {
+        wait_all_ready(c.node(i), 5);
+    }
+    let view = eventually(Duration::from_secs(15), "managers agree", || {
+        let views: Vec<_> = (1..=3).map(rows).collect::<Option<_>>()?;
+        let reachable = views[0]
+            .iter()
+            .filter(|r| r.2 == "manager/reachable")
+            .count();
+        (views.windows(2).all(|w| w[0] == w[1]) && reachable == 3).then(|| views[0].clone())
+    });
+    let managers = view.iter().filter(|r| r.2.starts_with("manager")).count();
+    assert_eq!(managers, 3, "{view:?}");
 
     // Workers hold no cluster state and say so.
     let out = c.node(4).swarm(&["node", "ls"]).failure();
