@@ -5,6 +5,7 @@
 //! `daemon` is a client of a daemon's node-local API; none of them touch
 //! node state directly.
 mod dataplane;
+mod image;
 mod info;
 mod json;
 mod node;
@@ -74,6 +75,9 @@ pub enum Command {
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Manage the images on this node.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +117,10 @@ pub struct DaemonArgs {
     /// How long shutdown may take before remaining work is abandoned.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A registry (HOST:PORT, as in image references) to pull from over
+    /// plain HTTP instead of HTTPS. Repeat for several.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = image::parse_registry)]
+    pub insecure_registries: Vec<String>,
 }
 
 /// Parses durations the way docker's flags take them: "500ms", "10s", "5m", "1h".
@@ -159,6 +167,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .unwrap_or_else(|_| "localhost".into())
                 }),
                 raft: crate::raft::RaftSettings::default(),
+                insecure_registries: args.insecure_registries,
             })
             .await?;
             Ok(())
@@ -176,6 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
+        Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
     }
 }
 

@@ -30,6 +30,8 @@ pub struct DaemonConfig {
     /// Name this node reports (docker uses the OS hostname).
     pub hostname: String,
     pub raft: crate::raft::RaftSettings,
+    /// Registries (`host:port`) pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("opening the image store: {0}")]
+    Images(#[from] crate::image::ImageError),
 }
 
 /// Holds the data root's lock for the daemon's lifetime.
@@ -115,9 +119,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         hostname: config.hostname.clone(),
         raft: config.raft.clone(),
     });
+    let images = crate::image::ImageStore::open(config.data_root.join("images"))?;
+    images.recover()?;
+    let puller = crate::image::Puller::new(&config.insecure_registries)?;
     let mut supervisor = Supervisor::new(config.shutdown_timeout);
     supervisor.spawn(node_loop);
-    supervisor.spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone(), node).await?);
+    supervisor.spawn(
+        ApiServer::bind(config.host.unix_path(), dataplane.clone(), node)
+            .await?
+            .with_images(crate::api::images::ImagesApi::new(images, puller)),
+    );
     let res = supervisor.run_until(stop).await;
     // Programs detach when the data plane is dropped, after the API that
     // reads it has stopped.
