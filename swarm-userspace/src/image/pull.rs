@@ -142,7 +142,7 @@ impl ImageStore {
             message,
         };
         let registry = r.resolve_registry().to_owned();
-        let insecure = puller.insecure.iter().any(|h| *h == registry);
+        let insecure = puller.insecure.contains(&registry);
         let registry_err =
             |what: &str, e: OciDistributionError| fail(explain(&registry, insecure, what, e));
         let auth = RegistryAuth::Anonymous;
@@ -226,8 +226,11 @@ impl ImageStore {
         }
 
         // Layers, a few at a time; the first failure cancels the rest
-        // (their temp files go with them).
+        // (their temp files go with them). Unpacks run on blocking threads,
+        // which cannot be cancelled: each holds `unpacks` shared, and a
+        // failing pull waits for them, so it returns with nothing in flight.
         let sem = Arc::new(tokio::sync::Semaphore::new(PARALLEL_LAYERS));
+        let unpacks = Arc::new(tokio::sync::RwLock::new(()));
         let mut tasks = tokio::task::JoinSet::new();
         for (i, (blob, diff_id)) in layers.iter().zip(&diff_ids).enumerate() {
             let store = self.clone();
@@ -236,23 +239,37 @@ impl ImageStore {
             let blob = blob.clone();
             let diff_id = diff_id.clone();
             let sem = sem.clone();
+            let unpacks = unpacks.clone();
             let progress = progress.clone();
             let total = u64::try_from(image_manifest.layers[i].size).unwrap_or(0);
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 store
-                    .fetch_layer(&client, &r, &blob, &diff_id, total, progress)
+                    .fetch_layer(&client, &r, &blob, &diff_id, total, progress, unpacks)
                     .await
             });
         }
         let mut downloaded = 0;
+        let mut failure = None;
         while let Some(res) = tasks.join_next().await {
-            match res {
-                Ok(Ok(n)) => downloaded += n,
-                Ok(Err(LayerFailure::Registry(what, e))) => return Err(registry_err(&what, e)),
-                Ok(Err(LayerFailure::Store(e))) => return Err(e),
-                Err(e) => return Err(fail(format!("a layer download task failed: {e}"))),
+            let err = match res {
+                Ok(Ok(n)) => {
+                    downloaded += n;
+                    continue;
+                }
+                Ok(Err(LayerFailure::Registry(what, e))) => registry_err(&what, e),
+                Ok(Err(LayerFailure::Store(e))) => e,
+                Err(e) if e.is_cancelled() => continue,
+                Err(e) => fail(format!("a layer download task failed: {e}")),
+            };
+            if failure.is_none() {
+                failure = Some(err);
+                tasks.abort_all();
             }
+        }
+        if let Some(e) = failure {
+            let _quiet = unpacks.write().await;
+            return Err(e);
         }
 
         // Only now, with every layer in place, do the documents and the
@@ -301,6 +318,7 @@ impl ImageStore {
 
     /// Fetches and unpacks one layer unless it is already here. Returns
     /// the bytes downloaded.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_layer(
         &self,
         client: &Client,
@@ -309,6 +327,7 @@ impl ImageStore {
         diff_id: &Digest,
         total: u64,
         progress: Progress,
+        unpacks: Arc<tokio::sync::RwLock<()>>,
     ) -> Result<u64, LayerFailure> {
         let lock = self.layer_lock(diff_id);
         let _guard = lock.lock().await;
@@ -353,15 +372,20 @@ impl ImageStore {
         let store = self.clone();
         let path = self.blob_path(blob);
         let (diff, name) = (diff_id.clone(), blob.short().to_owned());
-        tokio::task::spawn_blocking(move || store.commit_layer(&path, &diff, &name))
-            .await
-            .map_err(|e| {
-                LayerFailure::Store(ImageError::Io {
-                    context: format!("unpacking layer {}", blob.short()),
-                    source: std::io::Error::other(e),
-                })
-            })?
-            .map_err(LayerFailure::Store)?;
+        let busy = unpacks.read_owned().await;
+        tokio::task::spawn_blocking(move || {
+            let res = store.commit_layer(&path, &diff, &name);
+            drop(busy);
+            res
+        })
+        .await
+        .map_err(|e| {
+            LayerFailure::Store(ImageError::Io {
+                context: format!("unpacking layer {}", blob.short()),
+                source: std::io::Error::other(e),
+            })
+        })?
+        .map_err(LayerFailure::Store)?;
         progress(PullEvent::LayerDone { blob: blob.clone() });
         Ok(downloaded)
     }
@@ -470,7 +494,7 @@ fn explain(registry: &str, insecure: bool, what: &str, e: OciDistributionError) 
                 )
             }) {
                 format!(
-                    "the registry {registry} has no {what} ({detail}): does the image exist? Check the repository name and tag (the registry lists its repositories at /v2/_catalog)"
+                    "the registry {registry} does not have {what} ({detail}): does the image exist? Check the repository name and tag (the registry lists its repositories at /v2/_catalog)"
                 )
             } else if codes
                 .iter()
