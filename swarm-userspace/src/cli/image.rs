@@ -68,7 +68,8 @@ pub struct LoadArgs {
     /// Read from this tar archive instead of stdin.
     #[arg(short, long, value_name = "FILE")]
     pub input: Option<PathBuf>,
-    /// Print only the loaded names and IDs.
+    /// Accepted for docker compatibility: the output already is only the
+    /// loaded names and IDs.
     #[arg(short, long)]
     pub quiet: bool,
 }
@@ -140,10 +141,13 @@ async fn ls(client: &Client, args: &LsArgs) -> anyhow::Result<()> {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
     let mut rows: Vec<[String; 6]> = Vec::new();
     for i in &images {
-        let names: Vec<(String, String)> = if i.repo_tags.is_empty() {
-            vec![("<none>".into(), "<none>".into())]
-        } else {
+        let names: Vec<(String, String)> = if !i.repo_tags.is_empty() {
             i.repo_tags.iter().map(|t| split_familiar(t)).collect()
+        } else if !i.repo_digests.is_empty() {
+            // Pulled by digest: the repository, without a tag.
+            i.repo_digests.iter().map(|d| split_familiar(d)).collect()
+        } else {
+            vec![("<none>".into(), "<none>".into())]
         };
         for (repo, tag) in names {
             let digest = i
@@ -330,7 +334,6 @@ async fn load(client: &Client, args: &LoadArgs) -> anyhow::Result<()> {
             println!("Loaded image: {t}");
         }
     }
-    let _ = args.quiet;
     Ok(())
 }
 

@@ -48,6 +48,24 @@ pub struct ImageRecord {
     pub size: u64,
 }
 
+impl ImageRecord {
+    /// No name refers to it: neither a tag nor a digest it was pulled by
+    /// (docker's "dangling").
+    pub fn is_dangling(&self) -> bool {
+        self.tags.is_empty() && self.repo_digests.is_empty()
+    }
+}
+
+/// `registry/repo:tag` → `registry/repo` (a colon before the last `/` is
+/// a port).
+fn repo_of(tag: &str) -> &str {
+    let slash = tag.rfind('/').map_or(0, |i| i + 1);
+    match tag[slash..].rfind(':') {
+        Some(i) => &tag[..slash + i],
+        None => tag,
+    }
+}
+
 /// A layer of an image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LayerRef {
@@ -378,9 +396,27 @@ impl ImageStore {
                 .get(&rec.id)
                 .is_some_and(|old| rec.tags.iter().all(|t| old.tags.contains(t)));
             for (id, other) in ix.images.iter_mut() {
-                if *id != rec.id {
-                    other.tags.retain(|t| !rec.tags.contains(t));
+                if *id == rec.id {
+                    continue;
                 }
+                let lost: Vec<String> = other
+                    .tags
+                    .iter()
+                    .filter(|t| rec.tags.contains(t))
+                    .cloned()
+                    .collect();
+                if lost.is_empty() {
+                    continue;
+                }
+                other.tags.retain(|t| !lost.contains(t));
+                // The digest it was pulled by went with the name: without
+                // a name left in that repository, it is dangling.
+                let tags = &other.tags;
+                other.repo_digests.retain(|d| {
+                    let repo = d.split('@').next().unwrap_or_default();
+                    tags.iter().any(|t| repo_of(t) == repo)
+                        || !lost.iter().any(|t| repo_of(t) == repo)
+                });
             }
             match ix.images.get_mut(&rec.id) {
                 Some(old) => {
@@ -449,6 +485,14 @@ impl ImageStore {
                 out.push(Removal::Untagged(reference::familiar_name(&tag)));
                 return Ok(out);
             }
+            if matches!(by, Matched::Digest) && !rec.tags.is_empty() {
+                let full = reference::normalize_reference(reference)?;
+                if let Some(r) = ix.images.get_mut(&id) {
+                    r.repo_digests.retain(|d| *d != full);
+                }
+                out.push(Removal::Untagged(reference::familiar_name(&full)));
+                return Ok(out);
+            }
             if matches!(by, Matched::Id) && rec.tags.len() > 1 && !force {
                 return Err(ImageError::MultipleNames {
                     image: id.short().to_owned(),
@@ -485,7 +529,7 @@ impl ImageStore {
         })
     }
 
-    /// `image prune`: removes untagged images (every image with `all`)
+    /// `image prune`: removes dangling images (every image with `all`)
     /// that no container's root filesystem uses, then every layer and blob
     /// no remaining image or root filesystem references.
     pub async fn prune(&self, all: bool) -> Result<PruneReport, ImageError> {
@@ -509,7 +553,7 @@ impl ImageStore {
         let doomed: Vec<Digest> = ix
             .images
             .values()
-            .filter(|r| (all || r.tags.is_empty()) && !mounted_images.contains(&r.id))
+            .filter(|r| (all || r.is_dangling()) && !mounted_images.contains(&r.id))
             .map(|r| r.id.clone())
             .collect();
         for id in doomed {

@@ -432,3 +432,48 @@ async fn rootfs_merges_layers_and_protects_them_from_prune() {
         Err(ImageError::InvalidContainerId(_))
     ));
 }
+
+fn record(id: &[u8], tags: &[&str], digests: &[&str]) -> ImageRecord {
+    ImageRecord {
+        id: Digest::of(id),
+        tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        repo_digests: digests.iter().map(|t| (*t).to_owned()).collect(),
+        manifest: None,
+        index: None,
+        layers: Vec::new(),
+        platform: Platform::current(),
+        created: None,
+        size: 0,
+    }
+}
+
+#[tokio::test]
+async fn images_that_lose_their_name_dangle_but_digest_pulls_do_not() {
+    let (_d, s) = store();
+    let d1 = format!("r.example/app@{}", Digest::of(b"m1"));
+    let d2 = format!("r.example/app@{}", Digest::of(b"m2"));
+    let pinned = format!("r.example/app@{}", Digest::of(b"m3"));
+    s.record_image(record(b"old", &["r.example/app:1"], &[&d1]))
+        .unwrap();
+    s.record_image(record(b"pinned", &[], &[&pinned])).unwrap();
+    assert!(
+        s.record_image(record(b"old", &["r.example/app:1"], &[&d1]))
+            .unwrap(),
+        "up to date"
+    );
+    // app:1 moves to a new image: the old one keeps nothing.
+    s.record_image(record(b"new", &["r.example/app:1"], &[&d2]))
+        .unwrap();
+    let old = s.inspect(Digest::of(b"old").hex()).unwrap();
+    assert!(old.is_dangling(), "{old:?}");
+    // Removing a digest name of a tagged image only drops that name.
+    let r = s.remove(&d2, false).unwrap();
+    assert_eq!(r, vec![Removal::Untagged(d2.clone())]);
+    assert!(s.inspect("r.example/app:1").is_ok());
+
+    let report = s.prune(false).await.unwrap();
+    assert_eq!(report.images, vec![Digest::of(b"old")]);
+    assert!(s.inspect(&pinned).is_ok(), "pulled by digest: not dangling");
+    let report = s.prune(true).await.unwrap();
+    assert_eq!(report.images.len(), 2);
+}
