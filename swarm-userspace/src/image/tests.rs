@@ -477,3 +477,60 @@ async fn images_that_lose_their_name_dangle_but_digest_pulls_do_not() {
     let report = s.prune(true).await.unwrap();
     assert_eq!(report.images.len(), 2);
 }
+
+#[tokio::test]
+async fn a_multi_platform_index_resolves_to_this_platform() {
+    let (d, s) = store();
+    let mut t = tar::Builder::new(Vec::new());
+    add(&mut t, "oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let here = Platform::current();
+    let mut descs = Vec::new();
+    // One image per platform, told apart by a file; "foreign" first.
+    for (arch, content) in [
+        ("s390x", "foreign\n"),
+        (here.architecture.as_str(), "native\n"),
+    ] {
+        let layer = Tar::new().file("which", content).finish();
+        let mut cfg: serde_json::Value = serde_json::from_slice(&config(&[&layer])).unwrap();
+        cfg["architecture"] = json!(arch);
+        let cfg = serde_json::to_vec(&cfg).unwrap();
+        let (ld, cd) = (Digest::of(&layer), Digest::of(&cfg));
+        add(&mut t, &format!("blobs/sha256/{}", ld.hex()), &layer);
+        add(&mut t, &format!("blobs/sha256/{}", cd.hex()), &cfg);
+        let m = serde_json::to_vec(&json!({"schemaVersion": 2,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": cfg.len()},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld.to_string(), "size": layer.len()}]}))
+        .unwrap();
+        let md = Digest::of(&m);
+        add(&mut t, &format!("blobs/sha256/{}", md.hex()), &m);
+        descs.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md.to_string(),
+            "size": m.len(), "platform": {"os": "linux", "architecture": arch}}));
+    }
+    let index = serde_json::to_vec(&json!({"schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs}))
+    .unwrap();
+    let id = Digest::of(&index);
+    add(&mut t, &format!("blobs/sha256/{}", id.hex()), &index);
+    add(
+        &mut t,
+        "index.json",
+        &serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": id.to_string(), "size": index.len(),
+            "annotations": {"io.containerd.image.name": "r.example/multi:1"}}]}))
+        .unwrap(),
+    );
+    s.load(&write_archive(d.path(), &t.into_inner().unwrap()))
+        .await
+        .unwrap();
+    let rec = s.inspect("r.example/multi:1").unwrap();
+    assert_eq!(rec.platform.architecture, here.architecture);
+    assert_eq!(rec.index, Some(id.clone()));
+    assert_eq!(rec.repo_digests, vec![format!("r.example/multi@{id}")]);
+    let layer = s.layer_path(&rec.layers[0].diff_id);
+    assert_eq!(fs::read_to_string(layer.join("which")).unwrap(), "native\n");
+    assert_eq!(
+        entries(&s.root().join("layers")).len(),
+        1,
+        "the other platform is never unpacked"
+    );
+}
