@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "swarm/v1/ca.proto",
         "swarm/v1/dispatcher.proto",
         "swarm/v1/swarm.proto",
+        "swarm/v1/image.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

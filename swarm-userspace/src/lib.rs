@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod dispatcher;
 pub mod host;
+pub mod image;
 pub mod logging;
 pub mod manager;
 pub mod metrics;

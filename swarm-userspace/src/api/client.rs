@@ -1,7 +1,8 @@
 //! Connects a CLI command to a daemon's unix socket.
 use hyper_util::rt::TokioIo;
 use swarm_proto::v1::{
-    control_client::ControlClient, swarm_client::SwarmClient, system_client::SystemClient,
+    control_client::ControlClient, images_client::ImagesClient, swarm_client::SwarmClient,
+    system_client::SystemClient,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -67,6 +68,11 @@ impl Client {
     /// a manager; a worker answers every call with FAILED_PRECONDITION.
     pub fn control(&self) -> ControlClient<Channel> {
         ControlClient::new(self.channel.clone())
+    }
+
+    /// The node's image store.
+    pub fn images(&self) -> ImagesClient<Channel> {
+        ImagesClient::new(self.channel.clone())
     }
 
     /// Maps a failed call to a user-facing error.

@@ -5,5 +5,6 @@
 //! module must never grow a network listener (cluster traffic is mTLS, in
 //! its own modules).
 pub mod client;
+pub mod images;
 pub mod local;
 pub mod server;

@@ -16,7 +16,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api::local::{LocalControl, LocalSwarm},
+    api::{
+        images::ImagesApi,
+        local::{LocalControl, LocalSwarm},
+    },
     dataplane::Dataplane,
     node::NodeHandle,
     supervisor::{ControlLoop, LoopError},
@@ -124,6 +127,7 @@ pub struct ApiServer {
     listener: UnixListener,
     api: SystemApi,
     node: NodeHandle,
+    images: Option<ImagesApi>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -174,7 +178,14 @@ impl ApiServer {
                 dataplane,
             },
             node,
+            images: None,
         })
+    }
+
+    /// Serves the Images API (`swarm image ...`) too.
+    pub fn with_images(mut self, images: ImagesApi) -> Self {
+        self.images = Some(images);
+        self
     }
 }
 
@@ -194,6 +205,10 @@ impl ControlLoop for ApiServer {
             .add_service(swarm_proto::v1::control_server::ControlServer::new(
                 LocalControl(self.node),
             ))
+            .add_optional_service(
+                self.images
+                    .map(swarm_proto::v1::images_server::ImagesServer::new),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await;
         let _ = std::fs::remove_file(&self.path);

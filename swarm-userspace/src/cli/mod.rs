@@ -5,6 +5,7 @@
 //! `daemon` is a client of a daemon's node-local API; none of them touch
 //! node state directly.
 mod dataplane;
+mod image;
 mod info;
 mod json;
 mod node;
@@ -78,6 +79,9 @@ pub enum Command {
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Manage the images on this node.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +126,10 @@ pub struct DaemonArgs {
     /// How long shutdown may take before remaining work is abandoned.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// A registry (HOST:PORT, as in image references) to pull from over
+    /// plain HTTP instead of HTTPS. Repeat for several.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = image::parse_registry)]
+    pub insecure_registries: Vec<String>,
 }
 
 /// `--metrics-addr`: an address, or "none" to serve no metrics.
@@ -227,6 +235,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }),
                 raft: crate::raft::RaftSettings::default(),
                 metrics_addr: args.metrics_addr.0,
+                insecure_registries: args.insecure_registries,
             })
             .await?;
             Ok(())
@@ -245,6 +254,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Service(cmd) => service::run(&Client::connect(&cli.host).await?, &cmd).await,
+        Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
     }
 }
 

@@ -32,6 +32,8 @@ pub struct DaemonConfig {
     pub raft: crate::raft::RaftSettings,
     /// Where to serve Prometheus metrics; `None` serves none.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Registries (`host:port`) pulled from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,8 @@ pub enum DaemonError {
     Signals(std::io::Error),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("opening the image store: {0}")]
+    Images(#[from] crate::image::ImageError),
 }
 
 /// Holds the data root's lock for the daemon's lifetime.
@@ -119,10 +123,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         hostname: config.hostname.clone(),
         raft: config.raft.clone(),
     });
+    let images = crate::image::ImageStore::open(config.data_root.join("images"))?;
+    images.recover()?;
+    let puller = crate::image::Puller::new(&config.insecure_registries)?;
     let mut supervisor = Supervisor::new(config.shutdown_timeout);
     supervisor.spawn(node_loop);
-    supervisor
-        .spawn(ApiServer::bind(config.host.unix_path(), dataplane.clone(), node.clone()).await?);
+    supervisor.spawn(
+        ApiServer::bind(config.host.unix_path(), dataplane.clone(), node.clone())
+            .await?
+            .with_images(crate::api::images::ImagesApi::new(images, puller)),
+    );
     if let Some(addr) = config.metrics_addr {
         supervisor.spawn(
             crate::metrics::server::MetricsServer::bind(addr, node, dataplane.clone()).await?,
