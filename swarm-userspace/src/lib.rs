@@ -17,6 +17,7 @@ pub mod controlapi;
 pub mod daemon;
 pub mod dataplane;
 pub mod dispatcher;
+pub mod executor;
 pub mod host;
 pub mod logging;
 pub mod manager;
