@@ -23,6 +23,7 @@ pub mod logging;
 pub mod manager;
 pub mod node;
 pub mod raft;
+pub mod runtime;
 pub mod store;
 pub mod supervisor;
 pub mod version;

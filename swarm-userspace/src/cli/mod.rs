@@ -74,6 +74,10 @@ pub enum Command {
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
+    /// Internal: the container runtime's helper processes (run by the
+    /// daemon, never by users).
+    #[command(subcommand, hide = true)]
+    RuntimeHelper(crate::runtime::helper::HelperCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -176,6 +180,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
+        Command::RuntimeHelper(_) => {
+            anyhow::bail!("runtime-helper must run before the async runtime starts (see main.rs)")
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 pub mod conformance;
 pub mod fake;
 pub mod health;
+pub mod logs;
 pub mod spec;
 
 use std::collections::BTreeMap;
@@ -344,6 +345,9 @@ pub trait Controller: Send + Sync {
     async fn remove(&self) -> Result<(), ExecError>;
 
     async fn inspect(&self) -> Result<ContainerState, ExecError>;
+
+    /// The container's log file, if this executor keeps one.
+    fn log_source(&self) -> Option<logs::LogSource>;
 }
 
 #[cfg(test)]
