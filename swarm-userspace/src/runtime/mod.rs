@@ -662,7 +662,7 @@ impl Ctl {
             return Ok((status, Some(rec.init.pid), None));
         }
         // The init is gone: the shim is about to record how, or is gone too.
-        if let Ok(Some(status)) = self.wait_exit_for(Duration::from_secs(2)).await {
+        if let Ok(Some(status)) = self.wait_exit_for(Duration::from_secs(5)).await {
             let at = self.exit_record()?.map_or_else(SystemTime::now, |e| e.at);
             return Ok((Status::Exited, None, Some(ExitRecord { status, at })));
         }

@@ -217,6 +217,7 @@ fn supervise(paths: &Paths, mut c: Created) {
     ];
     let mut open = [true, true];
     let mut exited_at: Option<Instant> = None;
+    let mut status: Option<(ExitStatus, SystemTime)> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         if exited_at.is_some_and(|t| t.elapsed() > DRAIN_AFTER_EXIT)
@@ -277,16 +278,7 @@ fn supervise(paths: &Paths, mut c: Created) {
             }
         }
         if init_ready && exited_at.is_none() {
-            let status = collect(c.init.pid());
-            if let Err(e) = layout::write_json(
-                &paths.exit(),
-                &ExitRecord {
-                    status,
-                    at: SystemTime::now(),
-                },
-            ) {
-                eprintln!("shim: writing exit.json: {e}");
-            }
+            status = Some((collect(c.init.pid()), SystemTime::now()));
             exited_at = Some(Instant::now());
         }
     }
@@ -294,6 +286,12 @@ fn supervise(paths: &Paths, mut c: Created) {
         if let Some(e) = s.finish(logs::now()) {
             write_entry(&mut c.writer, &e);
         }
+    }
+    // Recorded only now, after the output is in the log: whoever sees the
+    // exit sees all of the output too.
+    let (status, at) = status.unwrap_or_else(|| (ExitStatus::lost(), SystemTime::now()));
+    if let Err(e) = layout::write_json(&paths.exit(), &ExitRecord { status, at }) {
+        eprintln!("shim: writing exit.json: {e}");
     }
     reap_orphans();
 }
