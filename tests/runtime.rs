@@ -147,6 +147,32 @@ async fn run(exec: &LibcontainerExecutor, config: ContainerConfig) -> Box<dyn Co
     ctl
 }
 
+/// Whether the process `pid`'s network namespace has a TCP listener on
+/// `port` (from /proc/<pid>/net/tcp: state 0A is LISTEN).
+fn listening(pid: u32, port: u16) -> bool {
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    let want = format!(":{port:04X}");
+    tcp.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1).is_some_and(|a| a.ends_with(&want)) && f.get(3) == Some(&"0A")
+    })
+}
+
+/// Until bb's httpd listens: by then tini handles SIGTERM (it blocks
+/// signals before it starts its child).
+async fn wait_serving(ctl: &dyn Controller) {
+    let pid = ctl.inspect().await.expect("inspect").pid.expect("a pid");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(pid, images::BB_PORT) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never listened on port 80",
+            ctl.id()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn exit_of(ctl: &dyn Controller) -> ExitStatus {
     match tokio::time::timeout(Duration::from_secs(30), ctl.wait()).await {
         Ok(Ok(WaitOutcome::Exited(s))) => s,
@@ -426,6 +452,7 @@ async fn sigterm_stops_quickly_and_exit_codes_are_recorded() {
         ctl.inspect().await.expect("inspect").status,
         Status::Running
     );
+    wait_serving(ctl.as_ref()).await;
     let t = Instant::now();
     ctl.shutdown(Duration::from_secs(10), Signal::TERM)
         .await
@@ -721,6 +748,13 @@ mod conformance {
     struct RtFixture(Rt);
 
     impl Fixture for RtFixture {
+        fn wait_serving<'a>(
+            &'a self,
+            ctl: &'a dyn Controller,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+            Box::pin(wait_serving(ctl))
+        }
+
         fn executor(&self) -> Arc<dyn Executor> {
             Arc::new(self.0.restarted())
         }

@@ -47,6 +47,17 @@ pub trait Fixture: Send + Sync {
     fn stop_budget(&self) -> Duration {
         Duration::from_secs(5)
     }
+
+    /// Until a started [`Behaviour::Serve`] container handles its stop
+    /// signal. A process that has not installed its handler yet ignores
+    /// SIGTERM as PID 1 (docker has the same race), so a check that stops a
+    /// container must not stop it sooner.
+    fn wait_serving<'a>(
+        &'a self,
+        _ctl: &'a dyn Controller,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async {})
+    }
 }
 
 async fn created(
@@ -141,6 +152,7 @@ pub async fn exit_code(f: &dyn Fixture) {
 pub async fn graceful_stop(f: &dyn Fixture) {
     let (_exec, ctl) = running(f, "stop", Behaviour::Serve).await;
     assert_eq!(status(ctl.as_ref()).await, Status::Running);
+    f.wait_serving(ctl.as_ref()).await;
     let t = Instant::now();
     ctl.shutdown(Duration::from_secs(30), Signal::TERM)
         .await
@@ -237,6 +249,7 @@ pub async fn start_states(f: &dyn Fixture) {
 /// containers, reports their true state, and can stop and remove them.
 pub async fn adopt_after_restart(f: &dyn Fixture) {
     let (_old, run) = running(f, "adopt-run", Behaviour::Serve).await;
+    f.wait_serving(run.as_ref()).await;
     let (_old2, done) = running(f, "adopt-done", Behaviour::Exit(5)).await;
     exited(done.as_ref()).await;
     let run_id = run.id().to_string();
