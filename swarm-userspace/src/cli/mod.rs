@@ -117,7 +117,17 @@ pub struct DaemonArgs {
     /// How long shutdown may take before remaining work is abandoned.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// Cgroup (in every hierarchy) under which containers get theirs:
+    /// `/<parent>/<container id>`.
+    #[arg(long, default_value = "swarm")]
+    pub cgroup_parent: String,
+    /// What runs tasks: real containers, or a fake for simulated nodes (tasks
+    /// reach running without containers).
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Runtime)]
+    pub executor: ExecutorKind,
 }
+
+pub use crate::daemon::ExecutorKind;
 
 /// Parses durations the way docker's flags take them: "500ms", "10s", "5m", "1h".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -157,6 +167,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 dataplane_interfaces: args.dataplane_interfaces,
                 xdp_mode: args.xdp_mode,
                 shutdown_timeout: args.shutdown_timeout,
+                cgroup_parent: args.cgroup_parent,
+                executor: args.executor,
                 hostname: args.hostname.unwrap_or_else(|| {
                     nix::unistd::gethostname()
                         .map(|h| h.to_string_lossy().into_owned())

@@ -501,7 +501,7 @@ pub fn sysctls(
 pub fn resources(
     req: Option<&pb::ResourceRequirements>,
 ) -> Result<oci_spec::runtime::LinuxResources, SpecError> {
-    let limits = req.and_then(|r| r.limits.clone()).unwrap_or_default();
+    let limits = req.and_then(|r| r.limits).unwrap_or_default();
     let reservations = req.and_then(|r| r.reservations).unwrap_or_default();
     let mut b = LinuxResourcesBuilder::default().devices(default_device_rules()?);
 
@@ -872,7 +872,7 @@ impl UserDb {
             additional.extend(
                 self.groups
                     .iter()
-                    .filter(|e| e.members.iter().any(|m| *m == entry.name))
+                    .filter(|e| e.members.contains(&entry.name))
                     .map(|e| e.gid),
             );
         }

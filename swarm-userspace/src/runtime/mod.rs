@@ -573,49 +573,35 @@ impl Ctl {
 
     /// Until the container's process has exited; its status.
     async fn wait_exit(&self) -> Result<ExitStatus, ExecError> {
-        loop {
+        if let Some(e) = self.exit_record()? {
+            return Ok(e.status);
+        }
+        if !self.paths.dir.exists() {
+            return Err(ExecError::NotFound(self.id().to_string()));
+        }
+        let Some(rec) = self.shim_record()? else {
+            return Err(self.runtime_err("wait", "the container was never created"));
+        };
+        let waiting = |e| io_err("waiting for", &self.paths.dir)(e);
+        if let Some(shim) = self.shim_fd()? {
+            // The shim records the status, then exits.
+            shim.wait_exit().await.map_err(waiting)?;
             if let Some(e) = self.exit_record()? {
                 return Ok(e.status);
             }
-            if !self.paths.dir.exists() {
-                return Err(ExecError::NotFound(self.id().to_string()));
-            }
-            let Some(rec) = self.shim_record()? else {
-                return Err(self.runtime_err("wait", "the container was never created"));
-            };
-            match self.shim_fd()? {
-                Some(shim) => {
-                    shim.wait_exit()
-                        .await
-                        .map_err(io_err("waiting for", &self.paths.shim()))?;
-                    if let Some(e) = self.exit_record()? {
-                        return Ok(e.status);
-                    }
-                    tracing::warn!(container = %self.id(), "the shim exited without recording an exit status");
-                    *lock(&self.shim) = None;
-                    // The shim is gone but the container may not be: fall
-                    // through to watching the init.
-                    if let Some(init) = PidFd::open_id(rec.init) {
-                        init.wait_exit()
-                            .await
-                            .map_err(io_err("waiting for", &self.paths.shim()))?;
-                    }
-                    return self.settle_without_shim(Some(rec.init.pid)).await;
-                }
-                None => {
-                    if let Some(init) = PidFd::open_id(rec.init) {
-                        init.wait_exit()
-                            .await
-                            .map_err(io_err("waiting for", &self.paths.shim()))?;
-                    }
-                    // The shim may have written exit.json just before going.
-                    if let Some(e) = self.exit_record()? {
-                        return Ok(e.status);
-                    }
-                    return self.settle_without_shim(Some(rec.init.pid)).await;
-                }
-            }
+            tracing::warn!(container = %self.id(), "the shim exited without recording an exit status");
+            *lock(&self.shim) = None;
         }
+        // No shim: the container, if still there, is an orphan (ours, if we
+        // are the subreaper it was re-parented to).
+        if let Some(init) = PidFd::open_id(rec.init) {
+            init.wait_exit().await.map_err(waiting)?;
+        }
+        // The shim may have written exit.json just before going.
+        if let Some(e) = self.exit_record()? {
+            return Ok(e.status);
+        }
+        self.settle_without_shim(Some(rec.init.pid)).await
     }
 
     async fn wait_exit_for(&self, timeout: Duration) -> Result<Option<ExitStatus>, ExecError> {
