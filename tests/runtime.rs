@@ -357,6 +357,10 @@ async fn spec_is_applied() {
     assert_eq!(field("Uid:")[0], "65534");
     assert_eq!(field("Gid:")[0], "65534");
     assert_eq!(field("Groups:"), ["7"]);
+    // SIGPIPE (bit 12) is not ignored: the runtime is Rust, which ignores
+    // it, and that must not leak into containers.
+    let ign = u64::from_str_radix(field("SigIgn:")[0], 16).expect("hex");
+    assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "SigIgn {ign:x}");
     // Default capabilities: bounding set without CAP_SYS_ADMIN (bit 21).
     let bnd = u64::from_str_radix(field("CapBnd:")[0], 16).expect("hex");
     assert_eq!(bnd & (1 << 21), 0, "CAP_SYS_ADMIN must not be granted");

@@ -129,6 +129,26 @@ pub fn run(cmd: HelperCommand) -> ExitCode {
     }
 }
 
+/// While alive, SIGPIPE has its default action, which processes cloned by
+/// libcontainer inherit. Rust programs ignore SIGPIPE, and an ignored signal
+/// stays ignored across exec: without this, every container would ignore it.
+pub(crate) struct DefaultSigpipe(libc::sighandler_t);
+
+impl DefaultSigpipe {
+    pub(crate) fn new() -> DefaultSigpipe {
+        // SAFETY: signal(2) with SIG_DFL installs no handler code; helpers
+        // are single-threaded.
+        DefaultSigpipe(unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) })
+    }
+}
+
+impl Drop for DefaultSigpipe {
+    fn drop(&mut self) {
+        // SAFETY: restores the disposition saved in `new`.
+        unsafe { libc::signal(libc::SIGPIPE, self.0) };
+    }
+}
+
 fn load(t: &Target) -> Result<Container, HelperError> {
     Ok(Container::load(t.paths().state_root().join(&t.id))?)
 }
@@ -208,6 +228,7 @@ fn exec(t: &Target, timeout: Duration, command: Vec<String>) -> Result<(), Helpe
     let devnull: OwnedFd = std::fs::File::open("/dev/null")
         .map_err(io_err("/dev/null"))?
         .into();
+    let sigpipe = DefaultSigpipe::new();
     let pid = ContainerBuilder::new(t.id.clone(), SyscallType::default())
         .with_root_path(paths.state_root())?
         .with_stdin(devnull)
@@ -223,6 +244,7 @@ fn exec(t: &Target, timeout: Duration, command: Vec<String>) -> Result<(), Helpe
         .with_additional_gids(gids)
         .with_detach(true)
         .build()?;
+    drop(sigpipe);
     let raw_pid = pid.as_raw();
     let proc = PidFd::open(raw_pid.unsigned_abs()).map_err(io_err("pidfd_open"))?;
     let deadline = Instant::now() + timeout;

@@ -120,6 +120,7 @@ fn create(t: &Target) -> Result<Created, HelperError> {
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let devnull: OwnedFd = File::open("/dev/null").map_err(io_err("/dev/null"))?.into();
+    let _pipe = super::helper::DefaultSigpipe::new();
     let container = ContainerBuilder::new(t.id.clone(), SyscallType::default())
         .with_root_path(paths.state_root())?
         .with_stdin(devnull)
