@@ -103,7 +103,8 @@ pub struct ExitRecord {
     pub at: SystemTime,
 }
 
-/// Writes `value` as JSON to `path` atomically, and durably.
+/// Writes `value` as JSON to `path` atomically. Not fsynced: containers do
+/// not survive a reboot, and the rename is atomic across process crashes.
 pub fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
     let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
     let mut tmp = path.as_os_str().to_owned();
@@ -111,7 +112,6 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> {
     let tmp = PathBuf::from(tmp);
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&json)?;
-    f.sync_all()?;
     fs::rename(&tmp, path)
 }
 
