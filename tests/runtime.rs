@@ -706,6 +706,49 @@ async fn a_new_process_adopts_containers() {
     assert!(exec.list().await.expect("list").is_empty());
 }
 
+/// `swarm daemon` killed with -9 and started again reports the containers
+/// under its data root with their true state (kept running, or how they
+/// exited). They are made here, by the library over the daemon's data root,
+/// as the daemon's executor makes them: no API creates containers yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_daemon_reports_its_containers() {
+    let rt = Rt::new();
+    let builder = Cluster::builder().nodes(1);
+    let cgroup = format!("{}n1", builder.cgroup_prefix());
+    let arg = cgroup.clone();
+    let cluster = builder
+        .daemon_args(move |_| vec!["--cgroup-parent".into(), arg.clone()])
+        .start();
+    let node = cluster.node(1);
+    let mut cfg = RuntimeConfig::new(node.data_root(), &cgroup).expect("config");
+    cfg.helper = swarm_harness::paths::swarm_bin();
+    let exec = LibcontainerExecutor::new(cfg).expect("runtime");
+    let serve = run(&exec, rt.config(&rt.id("kept"))).await;
+    let done = run(&exec, rt.shell(&rt.id("done"), "exit 4")).await;
+    assert_eq!(exit_of(done.as_ref()).await, ExitStatus::code(4));
+
+    node.kill9();
+    node.start();
+    let found = |id: &str, what: &str| {
+        node.log().lines().any(|l| {
+            l.contains("found a container")
+                && l.contains(&format!("container={id} "))
+                && l.contains(what)
+        })
+    };
+    swarm_harness::wait_until(
+        Duration::from_secs(10),
+        "the daemon logs its containers",
+        || found(serve.id(), "status=running") && found(done.id(), "exit_code=4"),
+    );
+    assert_eq!(
+        serve.inspect().await.expect("inspect").status,
+        Status::Running
+    );
+    serve.remove().await.expect("remove");
+    done.remove().await.expect("remove");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_and_stop_latency() {
     let rt = Rt::new();

@@ -390,9 +390,25 @@ impl Ctl {
             config.spec.healthcheck.as_ref(),
         )?;
         let stop_signal = config.stop_signal()?;
+        let (volumes, anonymous_volumes) = self.prepare_volumes(config)?;
+        // The record first: from here on the container is listed (as
+        // created), so a crash of ours leaves nothing a restarted agent
+        // cannot see and remove.
+        let record = Record {
+            id: self.id().to_string(),
+            created_at: SystemTime::now(),
+            labels: config.spec.labels.clone(),
+            stop_signal,
+            stop_grace: config.stop_grace(),
+            healthcheck,
+            isolated_network: config.network == NetworkMode::Isolated,
+            log: self.rt.cfg.log,
+            anonymous_volumes,
+        };
+        layout::write_json(&self.paths.record(), &record)
+            .map_err(io_err("writing", &self.paths.record()))?;
         let bundle = self.paths.bundle();
         std::fs::create_dir_all(&bundle).map_err(io_err("creating", &bundle))?;
-        let (volumes, anonymous_volumes) = self.prepare_volumes(config)?;
         let etc = self.write_etc_files(config)?;
         let users = UserDb::read(&config.rootfs);
         let cgroups_path = format!(
@@ -410,19 +426,6 @@ impl Ctl {
         })?;
         let spec_path = bundle.join("config.json");
         layout::write_json(&spec_path, &oci).map_err(io_err("writing", &spec_path))?;
-        let record = Record {
-            id: self.id().to_string(),
-            created_at: SystemTime::now(),
-            labels: config.spec.labels.clone(),
-            stop_signal,
-            stop_grace: config.stop_grace(),
-            healthcheck,
-            isolated_network: config.network == NetworkMode::Isolated,
-            log: self.rt.cfg.log,
-            anonymous_volumes,
-        };
-        layout::write_json(&self.paths.record(), &record)
-            .map_err(io_err("writing", &self.paths.record()))?;
         self.spawn_shim().await
     }
 
@@ -527,7 +530,16 @@ impl Ctl {
                 paths: self.paths.clone(),
             },
         };
-        let task = tokio::spawn(health::run_loop(check, probe, started, tx));
+        // Probing ends with the container (its shim exits after it).
+        let Some(shim) = self.shim_fd()? else {
+            return Ok(());
+        };
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                () = health::run_loop(check, probe, started, tx) => {}
+                _ = shim.wait_exit() => {}
+            }
+        });
         *slot = Some((rx, task.abort_handle()));
         Ok(())
     }
@@ -733,7 +745,13 @@ impl Controller for Ctl {
         };
         tokio::select! {
             status = self.wait_exit() => Ok(WaitOutcome::Exited(status?)),
-            state = unhealthy => Ok(WaitOutcome::Unhealthy(state)),
+            state = unhealthy => {
+                // Probes fail once the container is gone: an exit wins.
+                match self.exit_record()? {
+                    Some(e) => Ok(WaitOutcome::Exited(e.status)),
+                    None => Ok(WaitOutcome::Unhealthy(state)),
+                }
+            }
         }
     }
 
