@@ -374,6 +374,81 @@ async fn spec_is_applied() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_binds_capabilities_and_ulimits() {
+    let rt = Rt::new();
+    let host = rt.dir.join("host-dir");
+    std::fs::create_dir_all(&host).expect("host dir");
+    std::fs::write(host.join("hello.txt"), "from the host\n").expect("host file");
+    let mounts = || {
+        vec![
+            pb::Mount {
+                r#type: pb::MountType::Volume as i32,
+                source: format!("{}-data", rt.prefix),
+                target: "/data".into(),
+                ..Default::default()
+            },
+            pb::Mount {
+                r#type: pb::MountType::Bind as i32,
+                source: host.display().to_string(),
+                target: "/host".into(),
+                read_only: true,
+                ..Default::default()
+            },
+        ]
+    };
+    let mut writer = rt.shell(
+        &rt.id("writer"),
+        "echo kept > /data/v && cat /host/hello.txt && \
+         (echo no > /host/x || echo BIND-READ-ONLY); cat /proc/self/status; cat /proc/self/limits",
+    );
+    writer.spec.mounts = mounts();
+    writer.spec.capability_add = vec!["NET_ADMIN".into()];
+    writer.spec.capability_drop = vec!["CHOWN".into()];
+    writer.spec.ulimits = vec![pb::Ulimit {
+        name: "nofile".into(),
+        soft: 321,
+        hard: 654,
+    }];
+    let ctl = run(&rt.exec, writer).await;
+    assert_eq!(
+        exit_of(ctl.as_ref()).await.code,
+        0,
+        "{}",
+        log_text(ctl.as_ref())
+    );
+    let text = log_text(ctl.as_ref());
+    assert!(
+        text.contains("from the host") && text.contains("BIND-READ-ONLY"),
+        "{text}"
+    );
+    assert!(!host.join("x").exists());
+    let bnd = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .expect("CapBnd");
+    assert_ne!(bnd & (1 << 12), 0, "CAP_NET_ADMIN added");
+    assert_eq!(bnd & 1, 0, "CAP_CHOWN dropped");
+    let files = text
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("limits");
+    assert_eq!(
+        files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["321", "654"]
+    );
+    ctl.remove().await.expect("remove");
+
+    // The named volume outlives the container; the next one sees its data.
+    let mut reader = rt.shell(&rt.id("reader"), "cat /data/v");
+    reader.spec.mounts = mounts();
+    let ctl = run(&rt.exec, reader).await;
+    assert_eq!(exit_of(ctl.as_ref()).await.code, 0);
+    assert_eq!(log_text(ctl.as_ref()), "kept\n");
+    ctl.remove().await.expect("remove");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_rootfs_is_enforced() {
     let rt = Rt::new();
     let mut c = rt.shell(

@@ -97,14 +97,19 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Helpe
 
 /// The entry point of `swarm runtime-helper`: runs without an async runtime.
 pub fn run(cmd: HelperCommand) -> ExitCode {
-    // libcontainer reports details through tracing; they go to stderr, which
-    // the agent captures (or, for the shim, shim.log).
+    // libcontainer reports details through tracing, to our stderr (which
+    // the agent captures, or, for the shim, shim.log). Through a copy of the
+    // fd, not fd 2 itself: the container's processes are clones of this one
+    // and log from it after fd 2 became the container's stderr, which must
+    // hold only the container's own output.
     let filter = std::env::var("SWARM_HELPER_LOG").unwrap_or_else(|_| "warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .try_init();
+    if let Ok(log) = io::stderr().as_fd().try_clone_to_owned() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::sync::Mutex::new(std::fs::File::from(log)))
+            .with_ansi(false)
+            .try_init();
+    }
     let res = match cmd {
         HelperCommand::Shim(t) => return super::shim::run(&t),
         HelperCommand::Start(t) => start(&t),
