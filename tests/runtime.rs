@@ -398,10 +398,17 @@ async fn volumes_binds_capabilities_and_ulimits() {
     };
     let mut writer = rt.shell(
         &rt.id("writer"),
-        "echo kept > /data/v && cat /host/hello.txt && \
+        "echo kept > /data/v && cat /host/hello.txt && ls /www/cgi-bin && \
          (echo no > /host/x || echo BIND-READ-ONLY); cat /proc/self/status; cat /proc/self/limits",
     );
     writer.spec.mounts = mounts();
+    // A new named volume starts with the image's content at its target.
+    writer.spec.mounts.push(pb::Mount {
+        r#type: pb::MountType::Volume as i32,
+        source: format!("{}-www", rt.prefix),
+        target: "/www".into(),
+        ..Default::default()
+    });
     writer.spec.capability_add = vec!["NET_ADMIN".into()];
     writer.spec.capability_drop = vec!["CHOWN".into()];
     writer.spec.ulimits = vec![pb::Ulimit {
@@ -422,6 +429,7 @@ async fn volumes_binds_capabilities_and_ulimits() {
         "{text}"
     );
     assert!(!host.join("x").exists());
+    assert!(text.contains("index.cgi"), "image content copied: {text}");
     let bnd = text
         .lines()
         .find_map(|l| l.strip_prefix("CapBnd:"))

@@ -3,8 +3,8 @@
 //! Owns: the node's containers under `<data-root>/containers` (see
 //! [`layout`]), their shims ([`shim`]) and the helper processes
 //! ([`helper`]) through which every libcontainer call is made, the
-//! subreaper ([`reaper`]), named volumes under `<data-root>/volumes`, and
-//! cgroups under `--cgroup-parent`.
+//! subreaper ([`reaper`]), named volumes under `<data-root>/volumes`
+//! ([`volumes`]), and cgroups under `--cgroup-parent`.
 //!
 //! Must never call libcontainer in the agent's own process: libcontainer
 //! is not thread-safe (it `chdir()`s the process and clones with raw
@@ -21,6 +21,7 @@ pub mod helper;
 pub mod layout;
 pub mod reaper;
 pub mod shim;
+pub mod volumes;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -374,8 +375,14 @@ impl Ctl {
                 )));
             }
             let dir = self.rt.cfg.volumes.join(&name);
-            let data = dir.join("_data");
-            std::fs::create_dir_all(&data).map_err(io_err("creating volume", &data))?;
+            let data = volumes::prepare(
+                &self.rt.cfg.volumes,
+                &name,
+                &config.rootfs,
+                &m.target,
+                !m.volume_nocopy,
+            )
+            .map_err(io_err("preparing volume", &dir))?;
             if m.source.is_empty() {
                 anonymous.push(dir);
             }
