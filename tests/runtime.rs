@@ -885,6 +885,36 @@ async fn create_and_stop_latency() {
     assert!(stop[stop.len() / 2] < Duration::from_secs(5));
 }
 
+/// One runtime, many containers at once: every libcontainer call is in its
+/// own helper process, so concurrent operations do not interfere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_containers() {
+    let rt = Rt::new();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let exec = rt.exec.clone();
+        let config = rt.shell(&rt.id("many"), &format!("echo n={i}; exit {}", i % 4));
+        tasks.push(tokio::spawn(async move {
+            let ctl = run(&exec, config).await;
+            let status = exit_of(ctl.as_ref()).await;
+            let text = log_text(ctl.as_ref());
+            ctl.remove().await.expect("remove");
+            (i, status, text)
+        }));
+    }
+    for task in tasks {
+        let (i, status, text) = task.await.expect("task");
+        assert_eq!(status, ExitStatus::code(i % 4));
+        assert_eq!(text, format!("n={i}\n"));
+    }
+    eprintln!(
+        "12 concurrent containers, create to removed: {:?}",
+        t.elapsed()
+    );
+    assert!(rt.exec.list().await.expect("list").is_empty());
+}
+
 /// The executor conformance suite against libcontainer.
 mod conformance {
     use super::*;
