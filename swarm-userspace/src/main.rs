@@ -3,6 +3,12 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = swarm::cli::Cli::parse();
+    // The runtime's helpers call libcontainer, which must not share a process
+    // with other threads: they run before (and without) the async runtime.
+    let cli = match cli.command {
+        swarm::cli::Command::RuntimeHelper(cmd) => return swarm::runtime::helper::run(cmd),
+        command => swarm::cli::Cli { command, ..cli },
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("swarm")

@@ -82,6 +82,10 @@ pub enum Command {
     /// Manage the images on this node.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Internal: the container runtime's helper processes (run by the
+    /// daemon, never by users).
+    #[command(subcommand, hide = true)]
+    RuntimeHelper(crate::runtime::helper::HelperCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,7 +134,17 @@ pub struct DaemonArgs {
     /// plain HTTP instead of HTTPS. Repeat for several.
     #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = image::parse_registry)]
     pub insecure_registries: Vec<String>,
+    /// Cgroup (in every hierarchy) under which containers get theirs:
+    /// `/<parent>/<container id>`.
+    #[arg(long, default_value = "swarm")]
+    pub cgroup_parent: String,
+    /// What runs tasks: real containers, or a fake for simulated nodes (tasks
+    /// reach running without containers).
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Runtime)]
+    pub executor: ExecutorKind,
 }
+
+pub use crate::daemon::ExecutorKind;
 
 /// `--metrics-addr`: an address, or "none" to serve no metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,6 +242,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 dataplane_interfaces: args.dataplane_interfaces,
                 xdp_mode: args.xdp_mode,
                 shutdown_timeout: args.shutdown_timeout,
+                cgroup_parent: args.cgroup_parent,
+                executor: args.executor,
                 hostname: args.hostname.unwrap_or_else(|| {
                     nix::unistd::gethostname()
                         .map(|h| h.to_string_lossy().into_owned())
@@ -255,6 +271,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Service(cmd) => service::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
+        Command::RuntimeHelper(_) => {
+            anyhow::bail!("runtime-helper must run before the async runtime starts (see main.rs)")
+        }
     }
 }
 

@@ -14,7 +14,9 @@ use std::{
 use crate::{
     api::server::{ApiError, ApiServer, SharedDataplane},
     dataplane::{Dataplane, DataplaneError, XdpMode, ebpf::EbpfDataplane},
+    executor::{ExecError, Executor, fake::FakeExecutor},
     host::Host,
+    runtime::{LibcontainerExecutor, RuntimeConfig},
     supervisor::{Supervisor, SupervisorError},
 };
 
@@ -34,6 +36,19 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Registries (`host:port`) pulled from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// `--cgroup-parent` of containers.
+    pub cgroup_parent: String,
+    pub executor: ExecutorKind,
+}
+
+/// Which [`Executor`] runs the node's tasks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExecutorKind {
+    /// Containers, with libcontainer.
+    #[default]
+    Runtime,
+    /// No containers: for simulated nodes.
+    Fake,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +75,8 @@ pub enum DaemonError {
     Supervisor(#[from] SupervisorError),
     #[error("opening the image store: {0}")]
     Images(#[from] crate::image::ImageError),
+    #[error("cannot set up the container runtime: {0}")]
+    Executor(#[from] ExecError),
 }
 
 /// Holds the data root's lock for the daemon's lifetime.
@@ -118,6 +135,8 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>)))
     };
 
+    let executor = executor(&config).await?;
+
     let (node, node_loop) = crate::node::new(crate::node::NodeConfig {
         data_root: config.data_root.clone(),
         hostname: config.hostname.clone(),
@@ -139,11 +158,39 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         );
     }
     let res = supervisor.run_until(stop).await;
+    // Containers outlive the daemon on purpose: a restarted daemon adopts
+    // them (see runtime/mod.rs).
+    drop(executor);
     // Programs detach when the data plane is dropped, after the API that
     // reads it has stopped.
     drop(dataplane);
     tracing::info!("swarm daemon stopped");
     res.map_err(Into::into)
+}
+
+/// The node's executor. The libcontainer one makes this process a child
+/// subreaper first, so that container processes orphaned by a dead shim come
+/// to us and their exit statuses are not lost.
+async fn executor(config: &DaemonConfig) -> Result<Arc<dyn Executor>, DaemonError> {
+    let exec: Arc<dyn Executor> = match config.executor {
+        ExecutorKind::Fake => Arc::new(FakeExecutor::new()),
+        ExecutorKind::Runtime => Arc::new(LibcontainerExecutor::new(RuntimeConfig::new(
+            &config.data_root,
+            &config.cgroup_parent,
+        )?)?),
+    };
+    // What a previous run left: kept running, reported; the worker decides
+    // their fate once it knows the node's assignments.
+    for c in exec.list().await? {
+        tracing::info!(
+            container = %c.id,
+            status = %c.status,
+            exit_code = c.exit.map(|e| e.code),
+            "found a container from before this start"
+        );
+    }
+    tracing::info!(executor = exec.name(), "executor ready");
+    Ok(exec)
 }
 
 #[cfg(test)]
