@@ -23,6 +23,7 @@ pub mod manager;
 pub mod metrics;
 pub mod node;
 pub mod raft;
+pub mod scheduler;
 pub mod store;
 pub mod supervisor;
 pub mod version;
