@@ -22,6 +22,7 @@ pub mod logging;
 pub mod manager;
 pub mod metrics;
 pub mod node;
+pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
 pub mod store;
