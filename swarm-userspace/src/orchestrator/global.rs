@@ -13,8 +13,8 @@ use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 
 use super::instance::{self, Instance, Opts};
-use super::plan::Plan;
-use super::task::{id, is_live, new_task};
+use super::plan::{Ix, Plan};
+use super::task::{is_live, new_task};
 use super::{Action, Context, SlotKey};
 use crate::scheduler::{Constraint, node_matches, parse_constraints};
 
@@ -69,43 +69,46 @@ pub(crate) fn stage(
     let job = job_iteration.is_some();
     let counts = |t: &pb::Task| job_iteration.is_none_or(|i| t.job_iteration == i);
     let constraints = constraints_of(service);
-    let unbound: Vec<String> = plan
+    let unbound: Vec<Ix> = plan
         .tasks()
-        .filter(|t| counts(t) && t.node_id.is_empty())
-        .map(|t| id(t).to_owned())
+        .filter(|(_, t)| counts(t) && t.node_id.is_empty())
+        .map(|(i, _)| i)
         .collect();
-    for task_id in unbound {
-        plan.set_desired(&task_id, S::Remove);
+    for i in unbound {
+        plan.set_desired(i, S::Remove);
     }
-    let mut by_node = plan.group_by(|t| {
+    let by_node = plan.group_by(|t| {
         (counts(t) && !t.node_id.is_empty()).then(|| SlotKey::Node(t.node_id.clone()))
     });
     for (node_id, node) in ctx.nodes {
         let key = SlotKey::Node(node_id.clone());
-        let ids = by_node.remove(&key).unwrap_or_default();
+        let ixs = by_node.get(&key);
         if !eligible(node, &constraints) {
-            for task_id in &ids {
-                if plan.get(task_id).is_some_and(is_live) {
-                    plan.set_desired(task_id, S::Shutdown);
+            for &i in ixs {
+                if plan.get(i).is_some_and(is_live) {
+                    plan.set_desired(i, S::Shutdown);
                 }
             }
             continue;
         }
         let opts = Opts {
-            key: key.clone(),
+            key,
             job,
             allow_new: !paused(node),
         };
-        if instance::reconcile(ctx, service, plan, &opts, &ids) == Instance::Free && opts.allow_new
-        {
-            plan.create(new_task(ctx, service, &key));
+        if instance::reconcile(ctx, service, plan, &opts, ixs) == Instance::Free && opts.allow_new {
+            plan.create(new_task(ctx, service, &opts.key));
         }
     }
-    // What is left ran on nodes that were removed from the swarm: nothing
-    // will ever report on them again.
-    for ids in by_node.values() {
-        for task_id in ids {
-            plan.remove(task_id);
+    // Tasks on nodes that were removed from the swarm: nothing will ever
+    // report on them again.
+    for (key, ixs) in by_node.iter() {
+        if let SlotKey::Node(node_id) = key
+            && !ctx.nodes.contains_key(node_id)
+        {
+            for &i in ixs {
+                plan.remove(i);
+            }
         }
     }
 }

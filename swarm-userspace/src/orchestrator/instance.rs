@@ -8,7 +8,7 @@ use std::time::Duration;
 use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 
-use super::plan::Plan;
+use super::plan::{Ix, Plan};
 use super::restart::should_restart;
 use super::task::{
     NodeHealth, RestartPolicy, has_ended, id, is, is_live, is_stopped, new_task, newest,
@@ -49,10 +49,9 @@ pub(crate) fn run_state(job: bool) -> S {
 
 /// Whether the instance is there at all: a task still wanted, or a last
 /// task that was not removed (restarting, or refused a restart).
-pub(crate) fn occupied(plan: &Plan, ids: &[String]) -> bool {
-    let tasks: Vec<&pb::Task> = ids.iter().filter_map(|i| plan.get(i)).collect();
-    tasks.iter().any(|t| is_live(t))
-        || newest(tasks.iter().copied()).is_some_and(|t| t.desired_state != S::Remove as i32)
+pub(crate) fn occupied(plan: &Plan, ixs: &[Ix]) -> bool {
+    let tasks = || ixs.iter().filter_map(|&i| plan.get(i));
+    tasks().any(is_live) || newest(tasks()).is_some_and(|t| t.desired_state != S::Remove as i32)
 }
 
 /// Why the instance has no healthy task.
@@ -71,12 +70,13 @@ pub(crate) fn reconcile(
     service: &pb::Service,
     plan: &mut Plan,
     opts: &Opts,
-    ids: &[String],
+    ixs: &[Ix],
 ) -> Instance {
-    let mut healthy = Vec::new();
+    let mut healthy = 0usize;
+    let mut delayed = false;
     let mut drained = false;
-    for task_id in ids {
-        let Some(t) = plan.get(task_id) else { continue };
+    for &i in ixs {
+        let Some(t) = plan.get(i) else { continue };
         if opts.job && is(state(t), S::Complete) {
             return Instance::Done;
         }
@@ -84,25 +84,30 @@ pub(crate) fn reconcile(
             continue;
         }
         if has_ended(t) {
-            plan.set_desired(task_id, S::Shutdown);
+            plan.set_desired(i, S::Shutdown);
             continue;
         }
         match node_health(ctx, t) {
-            NodeHealth::Fine => healthy.push(task_id.clone()),
+            NodeHealth::Fine => {
+                healthy += 1;
+                delayed |= is(t.desired_state, S::Ready);
+            }
             NodeHealth::Drained => {
                 drained = true;
-                plan.set_desired(task_id, S::Shutdown);
+                plan.set_desired(i, S::Shutdown);
             }
-            NodeHealth::Down | NodeHealth::Missing => plan.set_desired(task_id, S::Shutdown),
+            NodeHealth::Down | NodeHealth::Missing => plan.set_desired(i, S::Shutdown),
         }
     }
 
-    if !healthy.is_empty() {
-        start_delayed(ctx, plan, opts, ids, &healthy);
+    if healthy > 0 {
+        if delayed {
+            start_delayed(ctx, plan, opts, ixs);
+        }
         return Instance::Serving;
     }
 
-    let tasks: Vec<&pb::Task> = ids.iter().filter_map(|i| plan.get(i)).collect();
+    let tasks: Vec<&pb::Task> = ixs.iter().filter_map(|&i| plan.get(i)).collect();
     let Some(last) = newest(tasks.iter().copied()) else {
         return Instance::Free;
     };
@@ -153,30 +158,21 @@ pub(crate) fn reconcile(
 /// Tasks created READY (a restart after a drain, or a stop-first update)
 /// may run once every other task of the instance that is being shut down
 /// has stopped.
-fn start_delayed(
-    ctx: &Context<'_>,
-    plan: &mut Plan,
-    opts: &Opts,
-    ids: &[String],
-    healthy: &[String],
-) {
-    let ready: Vec<&String> = healthy
+fn start_delayed(ctx: &Context<'_>, plan: &mut Plan, opts: &Opts, ixs: &[Ix]) {
+    let others_stopped = ixs
         .iter()
-        .filter(|i| plan.get(i).is_some_and(|t| is(t.desired_state, S::Ready)))
-        .collect();
-    if ready.is_empty() {
-        return;
-    }
-    let others_stopped = ids
-        .iter()
-        .filter_map(|i| plan.get(i))
+        .filter_map(|&i| plan.get(i))
         .filter(|t| !is_live(t))
         .all(|t| is_stopped(ctx, t));
-    if others_stopped {
-        let to = run_state(opts.job);
-        let ready: Vec<String> = ready.into_iter().cloned().collect();
-        for task_id in ready {
-            plan.set_desired(&task_id, to);
-        }
+    if !others_stopped {
+        return;
+    }
+    let ready: Vec<Ix> = ixs
+        .iter()
+        .copied()
+        .filter(|&i| plan.get(i).is_some_and(|t| is(t.desired_state, S::Ready)))
+        .collect();
+    for i in ready {
+        plan.set_desired(i, run_state(opts.job));
     }
 }

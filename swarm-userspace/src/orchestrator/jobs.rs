@@ -14,8 +14,8 @@ use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 
 use super::instance::{self, Instance, Opts};
-use super::plan::Plan;
-use super::task::{has_ended, id, new_task};
+use super::plan::{Ix, Plan};
+use super::task::{has_ended, new_task};
 use super::{Action, Context, SlotKey};
 
 /// The actions for a replicated job. `tasks` are all the service's tasks.
@@ -48,13 +48,13 @@ pub(crate) fn iteration_of(service: &pb::Service) -> u64 {
 
 /// Tasks of earlier runs that still run are removed.
 fn retire_old_iterations(plan: &mut Plan, iteration: u64) {
-    let old: Vec<String> = plan
+    let old: Vec<Ix> = plan
         .tasks()
-        .filter(|t| t.job_iteration != iteration && !has_ended(t))
-        .map(|t| id(t).to_owned())
+        .filter(|(_, t)| t.job_iteration != iteration && !has_ended(t))
+        .map(|(i, _)| i)
         .collect();
-    for task_id in old {
-        plan.set_desired(&task_id, S::Remove);
+    for i in old {
+        plan.set_desired(i, S::Remove);
     }
 }
 
@@ -78,13 +78,13 @@ pub(crate) fn replicated_stage(ctx: &Context<'_>, service: &pb::Service, plan: &
     });
     let (mut done, mut active, mut settled) = (0u64, 0u64, 0u64);
     let mut used = std::collections::BTreeSet::new();
-    for (key, ids) in &slots {
+    for (key, ixs) in slots.iter() {
         let opts = Opts {
             key: key.clone(),
             job: true,
             allow_new: true,
         };
-        match instance::reconcile(ctx, service, plan, &opts, ids) {
+        match instance::reconcile(ctx, service, plan, &opts, ixs) {
             Instance::Done => done += 1,
             Instance::Serving | Instance::Waiting | Instance::Replaced | Instance::Blocked => {
                 active += 1;

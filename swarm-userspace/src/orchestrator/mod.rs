@@ -168,9 +168,8 @@ pub fn orchestrate(
 ) -> Vec<Action> {
     let mut plan = Plan::new(tasks);
     if service.pending_delete {
-        let ids: Vec<String> = plan.tasks().map(|t| task::id(t).to_owned()).collect();
-        for id in &ids {
-            plan.set_desired(id, S::Remove);
+        for i in 0..tasks.len() {
+            plan.set_desired(i, S::Remove);
         }
         reaper::stage(ctx, service, &mut plan);
         if plan.is_empty() {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 
-use super::plan::Plan;
+use super::plan::{Ix, Plan};
 use super::task::{NodeHealth, RestartPolicy, created, has_ended, id, is_live, node_health, state};
 use super::{Action, Context, SlotKey};
 use crate::store::defaults::TASK_HISTORY_RETENTION_LIMIT;
@@ -41,9 +41,8 @@ pub fn orphaned(ctx: &Context<'_>, tasks: &[Arc<pb::Task>]) -> Vec<Action> {
         .cloned()
         .collect();
     let mut plan = Plan::new(&owned);
-    let ids: Vec<String> = plan.tasks().map(|t| id(t).to_owned()).collect();
-    for task_id in &ids {
-        plan.set_desired(task_id, S::Remove);
+    for i in 0..owned.len() {
+        plan.set_desired(i, S::Remove);
     }
     remove_stopped(ctx, &mut plan);
     plan.into_actions()
@@ -74,13 +73,13 @@ fn stopped_for_good(ctx: &Context<'_>, t: &pb::Task) -> bool {
 }
 
 fn remove_stopped(ctx: &Context<'_>, plan: &mut Plan) {
-    let gone: Vec<String> = plan
+    let gone: Vec<Ix> = plan
         .tasks()
-        .filter(|t| t.desired_state >= S::Remove as i32 && stopped_for_good(ctx, t))
-        .map(|t| id(t).to_owned())
+        .filter(|(_, t)| t.desired_state >= S::Remove as i32 && stopped_for_good(ctx, t))
+        .map(|(i, _)| i)
         .collect();
-    for task_id in gone {
-        plan.remove(&task_id);
+    for i in gone {
+        plan.remove(i);
     }
 }
 
@@ -101,28 +100,32 @@ pub(crate) fn stage(ctx: &Context<'_>, service: &pb::Service, plan: &mut Plan) {
     let Some(limit) = retention_limit(ctx, service) else {
         return;
     };
-    for ids in plan.group_by(key).into_values() {
-        if ids.len() <= limit {
+    let groups = plan.group_by(key);
+    let mut drop = Vec::new();
+    for (_, ixs) in groups.iter() {
+        if ixs.len() <= limit {
             continue;
         }
-        let mut tasks: Vec<&pb::Task> = ids.iter().filter_map(|i| plan.get(i)).collect();
-        tasks.sort_by(|a, b| (created(a), id(a)).cmp(&(created(b), id(b))));
+        let mut tasks: Vec<(Ix, &pb::Task)> = ixs
+            .iter()
+            .filter_map(|&i| plan.get(i).map(|t| (i, t)))
+            .collect();
+        tasks.sort_by(|(_, a), (_, b)| (created(a), id(a)).cmp(&(created(b), id(b))));
         let Some((_newest, older)) = tasks.split_last() else {
             continue;
         };
         let mut left = tasks.len();
-        let mut drop = Vec::new();
-        for t in older {
+        for &(i, t) in older {
             if left <= limit {
                 break;
             }
             if !is_live(t) && stopped_for_good(ctx, t) {
-                drop.push(id(t).to_owned());
+                drop.push(i);
                 left -= 1;
             }
         }
-        for task_id in drop {
-            plan.remove(&task_id);
-        }
+    }
+    for i in drop {
+        plan.remove(i);
     }
 }

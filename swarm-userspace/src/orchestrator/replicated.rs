@@ -15,7 +15,7 @@ use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 
 use super::instance::{self, Opts, occupied};
-use super::plan::Plan;
+use super::plan::{Groups, Ix, Plan};
 use super::task::{NodeHealth, created, has_ended, is, is_live, new_task, node_health, state};
 use super::{Action, Context, SlotKey};
 
@@ -41,18 +41,18 @@ pub(crate) fn stage(ctx: &Context<'_>, service: &pb::Service, plan: &mut Plan) {
         return;
     };
     // Slot 0 belongs to global services; such tasks here are strays.
-    let strays: Vec<String> = plan
+    let strays: Vec<Ix> = plan
         .tasks()
-        .filter(|t| t.slot == 0)
-        .map(|t| super::task::id(t).to_owned())
+        .filter(|(_, t)| t.slot == 0)
+        .map(|(i, _)| i)
         .collect();
-    for id in strays {
-        plan.set_desired(&id, S::Remove);
+    for i in strays {
+        plan.set_desired(i, S::Remove);
     }
     let slots = plan.group_by(|t| (t.slot > 0).then_some(SlotKey::Replica(t.slot)));
     let mut kept: BTreeSet<u64> = slots
         .iter()
-        .filter(|(_, ids)| occupied(plan, ids))
+        .filter(|(_, ixs)| occupied(plan, ixs))
         .filter_map(|(k, _)| k.replica())
         .collect();
 
@@ -60,8 +60,8 @@ pub(crate) fn stage(ctx: &Context<'_>, service: &pb::Service, plan: &mut Plan) {
     if excess > 0 {
         for slot in victims(ctx, plan, &slots, &kept, excess) {
             kept.remove(&slot);
-            for id in &slots[&SlotKey::Replica(slot)] {
-                plan.set_desired(id, S::Remove);
+            for &i in slots.get(&SlotKey::Replica(slot)) {
+                plan.set_desired(i, S::Remove);
             }
         }
     }
@@ -69,11 +69,11 @@ pub(crate) fn stage(ctx: &Context<'_>, service: &pb::Service, plan: &mut Plan) {
     for &slot in &kept {
         let key = SlotKey::Replica(slot);
         let opts = Opts {
-            key: key.clone(),
+            key,
             job: false,
             allow_new: true,
         };
-        instance::reconcile(ctx, service, plan, &opts, &slots[&key]);
+        instance::reconcile(ctx, service, plan, &opts, slots.get(&opts.key));
     }
 
     let missing = replicas.saturating_sub(kept.len() as u64);
@@ -101,16 +101,17 @@ struct Candidate {
 fn victims(
     ctx: &Context<'_>,
     plan: &Plan,
-    slots: &BTreeMap<SlotKey, Vec<String>>,
+    slots: &Groups,
     kept: &BTreeSet<u64>,
     count: u64,
 ) -> Vec<u64> {
     let mut candidates: Vec<Candidate> = kept
         .iter()
         .map(|&slot| {
-            let serving = slots[&SlotKey::Replica(slot)]
+            let serving = slots
+                .get(&SlotKey::Replica(slot))
                 .iter()
-                .filter_map(|id| plan.get(id))
+                .filter_map(|&i| plan.get(i))
                 .filter(|t| is_live(t) && !has_ended(t) && node_health(ctx, t) == NodeHealth::Fine)
                 .max_by_key(|t| (is(state(t), S::Running), created(t)));
             Candidate {

@@ -231,22 +231,7 @@ impl Sim {
         let pending = scheduler::pending_tasks(&view);
         let d = scheduler::schedule(&set, &pending, &self.failures, self.now);
         let now = self.now;
-        let actions = self
-            .store
-            .prepare(|tx| {
-                for a in &d.assigned {
-                    let t = tx.get::<pb::Task>(&a.task_id).unwrap();
-                    tx.update(scheduler::assigned_task(&t, &a.node_id, now))?;
-                }
-                for u in &d.unplaced {
-                    let t = tx.get::<pb::Task>(&u.task_id).unwrap();
-                    if let Some(t) = scheduler::unplaced_task(&t, &u.reason, now) {
-                        tx.update(t)?;
-                    }
-                }
-                Ok::<(), StoreError>(())
-            })
-            .unwrap();
+        let actions = self.store.prepare(|tx| d.write(tx, now)).unwrap();
         self.commit(actions);
         d
     }

@@ -1189,6 +1189,24 @@ fn rolling_update_of_a_global_service() {
 }
 
 #[test]
+fn paused_nodes_keep_their_global_task_through_an_update() {
+    let mut sim = setup(&["a", "b"]);
+    sim.add_service(service("mon", global()));
+    sim.settle(10);
+    set_availability(&mut sim, "b", pb::NodeAvailability::Pause);
+    set_image(&mut sim, "mon", "bb:2");
+    sim.settle(20);
+    sim.advance(10);
+    sim.settle(5);
+    assert_eq!(images(&sim, "mon"), ["bb:1", "bb:2"]);
+    assert_eq!(status(&sim, "mon").0, pb::UpdateState::Completed);
+    // Back to active: its task is updated too.
+    set_availability(&mut sim, "b", pb::NodeAvailability::Active);
+    sim.settle(20);
+    assert_eq!(images(&sim, "mon"), ["bb:2", "bb:2"]);
+}
+
+#[test]
 fn the_update_stage_alone_reports_its_outcome() {
     let mut sim = setup(&["a"]);
     sim.add_service(service("web", replicated(2)));
@@ -1213,4 +1231,67 @@ fn the_update_stage_alone_reports_its_outcome() {
     );
     assert_eq!(creates(&step.actions).len(), 1);
     assert_eq!(service_updates(&step.actions).len(), 1);
+}
+
+/// Timing: run with `cargo test --release -p swarm orchestrator::tests::timing
+/// -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing; run in release mode"]
+fn timing_passes_over_100k_replicas() {
+    use std::time::Instant;
+    let nodes: NodeMap = (0..1000)
+        .map(|i| {
+            let id = format!("node-{i:04}");
+            (id.clone(), Arc::new(node(&id)))
+        })
+        .collect();
+    let ctx = Context {
+        now: at(0),
+        nodes: &nodes,
+        cluster: None,
+    };
+    let mut svc = service("big", replicated(100_000));
+    svc.meta.as_mut().unwrap().version = 1;
+    let mut progress = UpdateProgress::default();
+
+    let started = Instant::now();
+    let actions = orchestrate(&ctx, &svc, &[], &mut progress);
+    eprintln!("create 100,000 tasks: {:?}", started.elapsed());
+    let node_ids: Vec<&String> = nodes.keys().collect();
+    let tasks: Vec<Arc<pb::Task>> = creates(&actions)
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut t = t.clone();
+            t.node_id.clone_from(node_ids[i % node_ids.len()]);
+            t.meta.as_mut().unwrap().created_at = Some(at(0).into());
+            t.status.as_mut().unwrap().state = S::Running.into();
+            Arc::new(t)
+        })
+        .collect();
+    assert_eq!(tasks.len(), 100_000);
+
+    let started = Instant::now();
+    let actions = orchestrate(&ctx, &svc, &tasks, &mut progress);
+    eprintln!("steady state, nothing to do: {:?}", started.elapsed());
+    assert!(actions.is_empty());
+
+    let mut down = nodes.clone();
+    let mut n = (*down["node-0000"]).clone();
+    n.status.as_mut().unwrap().state = pb::NodeState::Down.into();
+    down.insert("node-0000".into(), Arc::new(n));
+    let ctx_down = Context {
+        nodes: &down,
+        ..ctx
+    };
+    let started = Instant::now();
+    let actions = orchestrate(&ctx_down, &svc, &tasks, &mut progress);
+    eprintln!("one node down, 100 tasks replaced: {:?}", started.elapsed());
+    assert_eq!(creates(&actions).len(), 100);
+
+    task_spec(&mut svc).container.as_mut().unwrap().image = "bb:2".into();
+    let started = Instant::now();
+    let actions = orchestrate(&ctx, &svc, &tasks, &mut progress);
+    eprintln!("rolling update step: {:?}", started.elapsed());
+    assert_eq!(creates(&actions).len(), 1);
 }

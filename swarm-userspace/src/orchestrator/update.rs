@@ -36,7 +36,7 @@ use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 use swarm_proto::v1::UpdateState as U;
 
-use super::plan::Plan;
+use super::plan::{Ix, Plan};
 use super::task::{
     duration, has_ended, id, is, is_live, is_stopped, new_task, newest, state, status_time, time_of,
 };
@@ -205,7 +205,7 @@ fn is_current(ctx: &Context<'_>, t: &pb::Task, target: &pb::TaskSpec) -> bool {
 /// if the slot's last task is dead and the restart policy let it be).
 struct Dirty {
     key: SlotKey,
-    old: Vec<String>,
+    old: Vec<Ix>,
 }
 
 fn with_status(service: &pb::Service, state: U, message: String, now: SystemTime) -> pb::Service {
@@ -230,19 +230,13 @@ fn with_status(service: &pb::Service, state: U, message: String, now: SystemTime
 /// it failed, was rejected, exited, or was shut down without being asked,
 /// before running for `monitor` (or before running at all, if this
 /// progress watched it from its creation).
-fn is_failure(
-    plan: &Plan,
-    task_id: &str,
-    tr: &Tracked,
-    monitor: Duration,
-    now: SystemTime,
-) -> bool {
-    let Some(t) = plan.get(task_id) else {
+fn is_failure(plan: &Plan, ix: Ix, tr: &Tracked, monitor: Duration, now: SystemTime) -> bool {
+    let Some(t) = plan.get(ix) else {
         return false;
     };
     let st = state(t);
     let unasked = plan
-        .original(task_id)
+        .original(ix)
         .is_none_or(|o| o.desired_state <= S::Running as i32);
     let early = is(st, S::Failed)
         || is(st, S::Rejected)
@@ -306,44 +300,59 @@ pub(crate) fn stage(
         }
     });
     let mut dirty = Vec::new();
-    let mut in_flight = Vec::new();
-    for (key, ids) in &slots {
-        let live: Vec<&pb::Task> = ids
-            .iter()
-            .filter_map(|i| plan.get(i))
-            .filter(|t| is_live(t))
-            .collect();
-        let (current, old): (Vec<&pb::Task>, Vec<&pb::Task>) =
-            live.iter().partition(|t| is_current(ctx, t, &target));
+    let mut in_flight: Vec<Ix> = Vec::new();
+    for (key, ixs) in slots.iter() {
+        // A paused node keeps what it runs: no new task, not even an update
+        // (swarmkit's rule; the task could not be scheduled there anyway).
+        if let SlotKey::Node(node) = key
+            && ctx.nodes.get(node).is_none_or(|n| super::global::paused(n))
+        {
+            continue;
+        }
+        let mut current = 0usize;
+        let mut current_runs = false;
+        let mut old: Vec<Ix> = Vec::new();
+        for &i in ixs {
+            let Some(t) = plan.get(i).filter(|t| is_live(t)) else {
+                continue;
+            };
+            if is_current(ctx, t, &target) {
+                current += 1;
+                current_runs |= is(state(t), S::Running);
+            } else {
+                old.push(i);
+            }
+        }
         if old.is_empty() {
-            if current.is_empty() && !plan.waiting.contains(key) {
-                let last = newest(ids.iter().filter_map(|i| plan.get(i)));
+            if current == 0 && !plan.waiting.contains(key) {
+                let last = newest(ixs.iter().filter_map(|&i| plan.get(i)));
                 if let Some(last) = last
                     && last.desired_state < S::Remove as i32
                     && !is_current(ctx, last, &target)
                 {
                     dirty.push(Dirty {
                         key: key.clone(),
-                        old: Vec::new(),
+                        old,
                     });
                 }
             }
             continue;
         }
-        if current.is_empty() {
+        if current == 0 {
             dirty.push(Dirty {
                 key: key.clone(),
-                old: old.iter().map(|t| id(t).to_owned()).collect(),
+                old,
             });
             continue;
         }
         // Old and new both wanted: a start-first replacement.
-        let new_runs = current.iter().any(|t| is(state(t), S::Running));
-        let old_ids: Vec<String> = old.iter().map(|t| id(t).to_owned()).collect();
-        in_flight.extend(current.iter().map(|t| id(t).to_owned()));
-        if new_runs {
-            for i in old_ids {
-                plan.set_desired(&i, S::Shutdown);
+        in_flight.extend(ixs.iter().copied().filter(|&i| {
+            plan.get(i)
+                .is_some_and(|t| is_live(t) && is_current(ctx, t, &target))
+        }));
+        if current_runs {
+            for i in old {
+                plan.set_desired(i, S::Shutdown);
             }
         }
     }
@@ -355,8 +364,8 @@ pub(crate) fn stage(
             .update_status
             .as_ref()
             .and_then(|s| time_of(s.started_at.as_ref()));
-        for t in plan.tasks() {
-            let adopt = in_flight.iter().any(|i| i == id(t))
+        for (i, t) in plan.tasks() {
+            let adopt = in_flight.contains(&i)
                 || (started_at.is_some_and(|at| super::task::created(t) >= at)
                     && is_live(t)
                     && state(t) < S::Running as i32
@@ -369,9 +378,24 @@ pub(crate) fn stage(
         progress.begun = true;
     }
 
-    // What happened to the replacements since the last step.
-    for (task_id, tr) in &mut progress.tracked {
-        let Some(t) = plan.get(task_id) else {
+    // Where the replacements are in this plan.
+    let positions: Vec<(String, Option<Ix>)> = if progress.tracked.is_empty() {
+        Vec::new()
+    } else {
+        let index = plan.index_by_id();
+        progress
+            .tracked
+            .keys()
+            .map(|k| (k.clone(), index.get(k.as_str()).copied()))
+            .collect()
+    };
+
+    // What happened to them since the last step.
+    for (task_id, ix) in &positions {
+        let Some(tr) = progress.tracked.get_mut(task_id) else {
+            continue;
+        };
+        let Some(t) = ix.and_then(|i| plan.get(i)) else {
             tr.done_at.get_or_insert(now);
             continue;
         };
@@ -389,13 +413,15 @@ pub(crate) fn stage(
 
     // Failures.
     if cfg.failure_action != pb::UpdateFailureAction::Continue {
-        let found: Vec<String> = progress
-            .tracked
+        let found: Vec<String> = positions
             .iter()
-            .filter(|(i, tr)| {
-                !progress.failed.contains(*i) && is_failure(plan, i, tr, cfg.monitor, now)
+            .filter(|(task_id, ix)| {
+                !progress.failed.contains(task_id)
+                    && ix
+                        .zip(progress.tracked.get(task_id))
+                        .is_some_and(|(i, tr)| is_failure(plan, i, tr, cfg.monitor, now))
             })
-            .map(|(i, _)| i.clone())
+            .map(|(task_id, _)| task_id.clone())
             .collect();
         if let Some(task_id) = found.last().cloned() {
             progress.failed.extend(found);
@@ -430,33 +456,37 @@ pub(crate) fn stage(
             .saturating_sub(busy)
     };
 
-    let mut service_now = service.clone();
     if (!dirty.is_empty() || busy > 0)
         && !is_update(status, U::Updating)
         && !is_update(status, U::RollbackStarted)
     {
-        service_now = with_status(service, U::Updating, MSG_UPDATING.to_owned(), now);
-        plan.update_service(service_now.clone());
+        plan.update_service(with_status(
+            service,
+            U::Updating,
+            MSG_UPDATING.to_owned(),
+            now,
+        ));
     }
 
     let mut started = Vec::new();
     for d in dirty.iter().take(free) {
-        let mut task = new_task(ctx, &service_now, &d.key);
+        let mut task = new_task(ctx, service, &d.key);
         match cfg.order {
             pb::UpdateOrder::StopFirst => {
-                for i in &d.old {
+                for &i in &d.old {
                     plan.set_desired(i, S::Shutdown);
                 }
                 let all_stopped = d
                     .old
                     .iter()
-                    .filter_map(|i| plan.get(i))
+                    .filter_map(|&i| plan.get(i))
                     .all(|t| is_stopped(ctx, t));
                 task.desired_state = if all_stopped { S::Running } else { S::Ready }.into();
             }
             pb::UpdateOrder::StartFirst => task.desired_state = S::Running.into(),
         }
-        let task_id = plan.create(task);
+        let task_id = id(&task).to_owned();
+        plan.create(task);
         progress.tracked.insert(
             task_id,
             Tracked {

@@ -12,8 +12,7 @@
 //! Must never: read the store, a clock or the network, or write anything.
 //! [`schedule`] takes a [`NodeSet`], the pending tasks, a
 //! [`FailureHistory`] and `now`, and returns [`Decisions`]; the leader loop
-//! turns them into one store batch with [`assigned_task`] and
-//! [`unplaced_task`].
+//! turns them into one store batch ([`Decisions::write`]).
 
 pub mod constraint;
 mod failures;
@@ -33,7 +32,7 @@ use std::time::SystemTime;
 
 use swarm_proto::v1 as pb;
 
-use crate::store::ReadTx;
+use crate::store::{ReadTx, StoreError, WriteTx};
 
 pub use constraint::{
     Constraint, ConstraintError, Op, node_matches, parse_constraints, validate_constraints,
@@ -66,6 +65,28 @@ pub struct Unplaced {
 pub struct Decisions {
     pub assigned: Vec<Assignment>,
     pub unplaced: Vec<Unplaced>,
+}
+
+impl Decisions {
+    /// Adds the decisions to a batch being prepared: assigned tasks move to
+    /// ASSIGNED on their node, tasks left pending get their reason. A task
+    /// that is gone or no longer schedulable in `tx`'s view (it changed
+    /// since the pass) is skipped; the next pass sees it afresh.
+    pub fn write(&self, tx: &mut WriteTx, now: SystemTime) -> Result<(), StoreError> {
+        for a in &self.assigned {
+            if let Some(t) = tx.get::<pb::Task>(&a.task_id).filter(|t| is_schedulable(t)) {
+                tx.update(assigned_task(&t, &a.node_id, now))?;
+            }
+        }
+        for u in &self.unplaced {
+            if let Some(t) = tx.get::<pb::Task>(&u.task_id).filter(|t| is_schedulable(t))
+                && let Some(t) = unplaced_task(&t, &u.reason, now)
+            {
+                tx.update(t)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether the scheduler acts on `task`: PENDING, and still wanted (desired

@@ -620,6 +620,65 @@ fn pending_tasks_come_from_the_view() {
     assert_eq!(d.assigned[0].task_id, "p");
 }
 
+#[test]
+fn decisions_write_skips_tasks_that_changed_meanwhile() {
+    use crate::store::{MemoryStore, new_batch};
+    let store = MemoryStore::new();
+    let actions = store
+        .prepare(|tx| {
+            tx.create(node("a"))?;
+            tx.create(task("p1", "web"))?;
+            tx.create(task("p2", "web"))?;
+            tx.create(constrained(task("p3", "web"), &["node.id==b"]))
+        })
+        .unwrap();
+    store.apply(1, new_batch(actions)).unwrap();
+    let view = store.view();
+    let d = schedule(
+        &NodeSet::from_view(&view),
+        &pending_tasks(&view),
+        &FailureHistory::new(),
+        now(),
+    );
+    assert_eq!(d.assigned.len(), 2);
+    assert_eq!(d.unplaced.len(), 1);
+    // Meanwhile p2 is no longer wanted.
+    let mut p2 = (*view.get::<pb::Task>("p2").unwrap()).clone();
+    p2.desired_state = pb::TaskState::Shutdown.into();
+    let actions = store.prepare(|tx| tx.update(p2)).unwrap();
+    store.apply(2, new_batch(actions)).unwrap();
+
+    let actions = store.prepare(|tx| d.write(tx, now())).unwrap();
+    assert_eq!(actions.len(), 2);
+    store.apply(3, new_batch(actions)).unwrap();
+    let view = store.view();
+    let p1 = view.get::<pb::Task>("p1").unwrap();
+    assert_eq!(p1.node_id, "a");
+    assert_eq!(
+        p1.status.as_ref().unwrap().state,
+        pb::TaskState::Assigned as i32
+    );
+    assert!(view.get::<pb::Task>("p2").unwrap().node_id.is_empty());
+    assert_eq!(
+        view.get::<pb::Task>("p3")
+            .unwrap()
+            .status
+            .as_ref()
+            .unwrap()
+            .err,
+        "no suitable node (scheduling constraints not satisfied on 1 node)"
+    );
+    // Writing the same reason again writes nothing.
+    let view = store.view();
+    let d = schedule(
+        &NodeSet::from_view(&view),
+        &pending_tasks(&view),
+        &FailureHistory::new(),
+        now(),
+    );
+    assert!(store.prepare(|tx| d.write(tx, now())).unwrap().is_empty());
+}
+
 /// Timing: run with `cargo test --release -p swarm scheduler::tests::timing
 /// -- --ignored --nocapture`.
 #[test]
