@@ -10,9 +10,13 @@
 //!   data plane, move some traffic, show what the CLI sees, and wait for
 //!   Ctrl-C (the README's first command ends here).
 //!
+//! - `bench`: build release binaries and run the benchmarks
+//!   (`cargo xtask bench [failover|raft] [--quick]`; see [`bench`]).
+//!
 //! Owns nothing of its own: the recipes and the registry are
 //! `swarm_harness::images`, so tests and humans see the same images.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -20,6 +24,7 @@ use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 use swarm_harness::images::{self, ALL_IMAGES, Registry};
 
+mod bench;
 mod demo;
 
 #[derive(Parser)]
@@ -47,6 +52,15 @@ enum Task {
         /// Walk through the demo and tear it down without waiting.
         #[arg(long)]
         no_wait: bool,
+    },
+    /// Build release binaries and run benchmarks: `bench [all|failover|raft]
+    /// [--quick] [--dev]`. Arguments go to swarm-bench unchanged
+    /// (`cargo xtask bench --help` shows them). Results: a table, and JSON
+    /// in <target>/bench/.
+    #[command(disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
     },
 }
 
@@ -95,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             println!("got {sig}, stopping the registry");
             registry.stop();
         }
+        Task::Bench { args } => bench::run(args)?,
         Task::Demo { nodes, no_wait } => {
             let signals = block_stop_signals()?;
             demo::run(

@@ -142,6 +142,59 @@ pub struct DaemonArgs {
     /// reach running without containers).
     #[arg(long, value_enum, default_value_t = ExecutorKind::Runtime)]
     pub executor: ExecutorKind,
+    /// Raft heartbeat interval (default 100ms). Hidden: for benchmarks and
+    /// experiments, e.g. `cargo xtask bench failover` runs docker's timing
+    /// (1s) as its baseline. Every manager of a swarm should use the same.
+    #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub raft_heartbeat: Option<Duration>,
+    /// Raft election timeout range MIN-MAX, e.g. 500ms-1s (the default);
+    /// each election timer picks a random value in it. Hidden, like
+    /// --raft-heartbeat.
+    #[arg(long, hide = true, value_name = "MIN-MAX", value_parser = parse_duration_range)]
+    pub raft_election_timeout: Option<DurationRange>,
+}
+
+impl DaemonArgs {
+    /// The Raft timing: defaults, overridden by the hidden flags. Checked
+    /// here, so a bad combination fails before the daemon starts anything.
+    pub fn raft_settings(&self) -> Result<crate::raft::RaftSettings, String> {
+        let mut s = crate::raft::RaftSettings::default();
+        if let Some(h) = self.raft_heartbeat {
+            s.heartbeat = h;
+        }
+        if let Some(r) = self.raft_election_timeout {
+            s.election_timeout_min = r.min;
+            s.election_timeout_max = r.max;
+        }
+        s.openraft_config("flags").map_err(|e| {
+            format!(
+                "{e}: --raft-heartbeat ({:?}) must be shorter than the election timeout's minimum ({:?}), and the minimum shorter than the maximum ({:?})",
+                s.heartbeat, s.election_timeout_min, s.election_timeout_max
+            )
+        })?;
+        Ok(s)
+    }
+}
+
+/// A `MIN-MAX` pair of durations, e.g. `10s-20s`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationRange {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+/// Parses `MIN-MAX` (each as [`parse_duration`]); MIN must be below MAX.
+pub fn parse_duration_range(s: &str) -> Result<DurationRange, String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("invalid range {s:?}: expected MIN-MAX, e.g. 500ms-1s"))?;
+    let (min, max) = (parse_duration(a)?, parse_duration(b)?);
+    if min >= max {
+        return Err(format!(
+            "invalid range {s:?}: the minimum must be below the maximum"
+        ));
+    }
+    Ok(DurationRange { min, max })
 }
 
 pub use crate::daemon::ExecutorKind;
@@ -235,6 +288,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => {
+            let raft = args.raft_settings().map_err(anyhow::Error::msg)?;
             logging::init(&args.log_level, args.log_format)?;
             crate::daemon::run(DaemonConfig {
                 data_root: args.data_root,
@@ -249,7 +303,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map(|h| h.to_string_lossy().into_owned())
                         .unwrap_or_else(|_| "localhost".into())
                 }),
-                raft: crate::raft::RaftSettings::default(),
+                raft,
                 metrics_addr: args.metrics_addr.0,
                 insecure_registries: args.insecure_registries,
             })
@@ -299,6 +353,80 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1h30").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn duration_ranges_parse_and_must_increase() {
+        assert_eq!(
+            parse_duration_range("10s-20s"),
+            Ok(DurationRange {
+                min: Duration::from_secs(10),
+                max: Duration::from_secs(20)
+            })
+        );
+        assert_eq!(
+            parse_duration_range("500ms-1s").map(|r| r.max),
+            Ok(Duration::from_secs(1))
+        );
+        assert!(parse_duration_range("1s").is_err());
+        assert!(parse_duration_range("1s-1s").is_err());
+        assert!(parse_duration_range("2s-1s").is_err());
+        assert!(parse_duration_range("1s-x").is_err());
+    }
+
+    fn daemon(args: &[&str]) -> DaemonArgs {
+        let argv = ["swarm", "daemon"].iter().chain(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Daemon(d) => d,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn raft_timing_flags_override_the_defaults() {
+        let d = daemon(&[]).raft_settings().unwrap();
+        let def = crate::raft::RaftSettings::default();
+        assert_eq!(d.heartbeat, def.heartbeat);
+        assert_eq!(d.election_timeout_min, def.election_timeout_min);
+        assert_eq!(d.election_timeout_max, def.election_timeout_max);
+
+        let docker = daemon(&[
+            "--raft-heartbeat",
+            "1s",
+            "--raft-election-timeout",
+            "10s-20s",
+        ])
+        .raft_settings()
+        .unwrap();
+        assert_eq!(docker.heartbeat, Duration::from_secs(1));
+        assert_eq!(docker.election_timeout_min, Duration::from_secs(10));
+        assert_eq!(docker.election_timeout_max, Duration::from_secs(20));
+        assert_eq!(docker.snapshot_interval, def.snapshot_interval);
+    }
+
+    #[test]
+    fn a_heartbeat_slower_than_elections_is_refused() {
+        let err = daemon(&[
+            "--raft-heartbeat",
+            "2s",
+            "--raft-election-timeout",
+            "500ms-1s",
+        ])
+        .raft_settings()
+        .unwrap_err();
+        assert!(err.contains("--raft-heartbeat"), "{err}");
+    }
+
+    #[test]
+    fn raft_timing_flags_are_hidden() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let help = cmd
+            .find_subcommand_mut("daemon")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(!help.contains("raft"), "{help}");
     }
 
     #[test]

@@ -1,0 +1,24 @@
+//! swarm's benchmarks, run through `cargo xtask bench` (which builds this
+//! crate and the `swarm` binary with the release profile first).
+//!
+//! Every benchmark compares a candidate with a baseline measured in the
+//! same run, prints a table (candidate, baseline, ratio) with the machine's
+//! load before and after, and writes the same as JSON to
+//! `<target>/bench/<name>.json` ([`report`]).
+//!
+//! - [`failover`]: leader `kill -9` to the first accepted write, on a
+//!   3-manager swarm of real daemons in network namespaces; baseline is
+//!   docker's Raft timing.
+//! - [`raft`]: Raft write throughput and latency on 3 in-process managers
+//!   in network namespaces over mutual TLS; baseline is one manager.
+//!
+//! Benchmarks are not tests: they never run in `scripts/test.sh` (only the
+//! unit tests of the helpers here do). Everything they create (namespaces,
+//! daemons, temp dirs, threads) is gone when they return, also on error or
+//! Ctrl-C ([`stop`]).
+
+pub mod failover;
+pub mod raft;
+pub mod report;
+pub mod stats;
+pub mod stop;

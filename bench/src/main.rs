@@ -1,0 +1,144 @@
+//! `swarm-bench`: the benchmark runner behind `cargo xtask bench`.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use swarm_bench::{failover, raft, report::Report, stop};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "swarm-bench",
+    about = "swarm's benchmarks; run them with `cargo xtask bench [BENCH] [OPTIONS]`"
+)]
+struct Cli {
+    /// Fewer trials and shorter runs: checks that the benchmarks work, the
+    /// numbers are not for quoting.
+    #[arg(long, global = true)]
+    quick: bool,
+    /// Build with the dev profile instead of release (read by `cargo xtask
+    /// bench`; results record the profile they were built with).
+    #[arg(long, global = true)]
+    dev: bool,
+    /// Directory for <name>.json (default: <target>/bench, next to the
+    /// profile directory this binary is in).
+    #[arg(long, global = true, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Which benchmark (default: all).
+    #[command(subcommand)]
+    bench: Option<Bench>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Every benchmark, with its defaults.
+    All,
+    /// Leader kill -9 to first accepted write on a 3-manager swarm; baseline
+    /// docker's Raft timing.
+    Failover {
+        /// Trials with swarm's timing (default 10, --quick 3).
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Trials with docker's timing (default 10, --quick 1).
+        #[arg(long)]
+        baseline_trials: Option<usize>,
+    },
+    /// Raft write throughput and latency, 3 managers vs 1.
+    Raft {
+        /// Measured seconds per point (default 10, --quick 3).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Concurrent clients, comma-separated (default 1,64).
+        #[arg(long, value_delimiter = ',')]
+        clients: Option<Vec<usize>>,
+        /// Rounds per point, alternating candidate and baseline (default 3,
+        /// --quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
+}
+
+fn default_out() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding this executable")?;
+    // <target>/<profile>/swarm-bench -> <target>/bench
+    exe.parent()
+        .and_then(|profile| profile.parent())
+        .map(|target| target.join("bench"))
+        .context("this executable is not inside a cargo target directory; pass --out")
+}
+
+fn finish(report: &Report, out: &std::path::Path) -> anyhow::Result<()> {
+    print!("{}", report.render());
+    let path = report.write_json(out)?;
+    println!("json: {}", path.display());
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    stop::install()?;
+    let cli = Cli::parse();
+    let out = match cli.out {
+        Some(o) => o,
+        None => default_out()?,
+    };
+    if cli.dev != cfg!(debug_assertions) {
+        eprintln!(
+            "swarm-bench: note: --dev {} but this binary was built with the {} profile",
+            if cli.dev { "given" } else { "not given" },
+            if cfg!(debug_assertions) {
+                "dev"
+            } else {
+                "release"
+            }
+        );
+    }
+    let quick = cli.quick;
+    let failover_opts = |t, b| failover::FailoverOpts::new(quick, t, b);
+    let raft_opts = |s, c, r| raft::RaftOpts::new(quick, s, c, r);
+    match cli.bench.unwrap_or(Bench::All) {
+        Bench::All => {
+            finish(&failover::run(&failover_opts(None, None), quick)?, &out)?;
+            finish(&raft::run(&raft_opts(None, None, None), quick)?, &out)?;
+        }
+        Bench::Failover {
+            trials,
+            baseline_trials,
+        } => finish(
+            &failover::run(&failover_opts(trials, baseline_trials), quick)?,
+            &out,
+        )?,
+        Bench::Raft {
+            seconds,
+            clients,
+            rounds,
+        } => {
+            finish(
+                &raft::run(&raft_opts(seconds, clients, rounds), quick)?,
+                &out,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn options_go_after_the_benchmark_too() {
+        let cli =
+            Cli::try_parse_from(["swarm-bench", "raft", "--quick", "--clients", "1,8"]).unwrap();
+        assert!(cli.quick);
+        match cli.bench {
+            Some(Bench::Raft { clients, .. }) => assert_eq!(clients, Some(vec![1, 8])),
+            other => panic!("{other:?}"),
+        }
+    }
+}
