@@ -222,6 +222,12 @@ pub fn run(opts: &FailoverOpts, quick: bool) -> anyhow::Result<Report> {
          election timeout over [10, 19] ticks, hence 10s-20s. It is not a measurement of \
          docker itself."
             .into(),
+        "openraft 0.9 followers refuse votes for a leader lease of election_timeout_max after \
+         their last heartbeat, so the first candidate is usually refused and the next round \
+         wins: expect about max + [min, max], i.e. 1.5-2 s for swarm and 30-40 s for the \
+         baseline. etcd raft (docker) grants votes once its own, shorter, election timeout has \
+         passed, so docker itself should fail over in about 10-20 s."
+            .into(),
     ];
     if cand.failed() + base.failed() > 0 {
         notes.push(format!(
