@@ -234,8 +234,9 @@ pub fn run(opts: &RaftOpts, quick: bool) -> anyhow::Result<Report> {
         "Raft settings are swarm's defaults (snapshot every 10000 entries, so longer runs \
          include snapshots)"
             .into(),
-        "writes wait for fsyncs on a disk this machine's other work shares: rounds differ a lot \
-         (each round's numbers are printed above and kept in the JSON)"
+        "writes wait for fsyncs on a disk shared with this machine's other work: while that \
+         is busy, rounds can differ several-fold (each round is printed above and kept in the \
+         JSON)"
             .into(),
     ];
     let errors: u64 = points.iter().map(|p| p.errors).sum();
