@@ -78,6 +78,45 @@ fn check_container_id(id: &str) -> Result<(), ImageError> {
 }
 
 impl ImageStore {
+    /// A place for container `container_id`'s rootfs inside the store, next
+    /// to its writable layer, so [`ImageStore::release`] removes it too.
+    pub fn rootfs_target(&self, container_id: &str) -> PathBuf {
+        self.containers_dir().join(container_id).join("rootfs")
+    }
+
+    /// The `config` object of image `id` (entrypoint, cmd, env, ...), what
+    /// a container of it needs besides its rootfs.
+    pub fn image_config(
+        &self,
+        id: &super::Digest,
+    ) -> Result<crate::executor::ImageConfig, ImageError> {
+        let path = self.blob_path(id);
+        let bytes = fs::read(&path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ImageError::Missing {
+                    image: id.to_string(),
+                    what: "the image config".into(),
+                }
+            } else {
+                ImageError::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                }
+            }
+        })?;
+        #[derive(serde::Deserialize)]
+        struct Outer {
+            #[serde(default)]
+            config: Option<crate::executor::ImageConfig>,
+        }
+        let outer: Outer =
+            serde_json::from_slice(&bytes).map_err(|e| ImageError::CorruptIndex {
+                path: path.clone(),
+                reason: format!("invalid image config: {e}"),
+            })?;
+        Ok(outer.config.unwrap_or_default())
+    }
+
     /// Mounts the root filesystem of container `container_id` from image
     /// `image_ref` on `target` (created if missing): overlayfs with the
     /// image's layers as lower directories and a fresh writable layer.

@@ -390,6 +390,14 @@ async fn rootfs_merges_layers_and_protects_them_from_prune() {
     ))
     .await
     .unwrap();
+    let id = s.inspect("ml:1").unwrap().id;
+    assert_eq!(s.image_config(&id).unwrap().cmd, ["/bin/sh"]);
+    // Mounted inside the store, by image ID: release takes the mount point too.
+    let inside = s.rootfs_target("c2");
+    let m2 = s.prepare_rootfs(&id.to_string(), &inside, "c2").unwrap();
+    assert_eq!(fs::read_to_string(inside.join("ml/keep")).unwrap(), "2\n");
+    m2.release().unwrap();
+    assert!(!s.containers_dir().join("c2").exists());
     let target = d.path().join("rootfs");
     let m = s.prepare_rootfs("ml:1", &target, "c1").unwrap();
     let check = || -> Vec<String> {
