@@ -31,3 +31,4 @@ pub mod scheduler;
 pub mod store;
 pub mod supervisor;
 pub mod version;
+pub mod worker;

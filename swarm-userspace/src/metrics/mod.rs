@@ -69,6 +69,11 @@ pub struct Metrics {
     pub dispatcher_sessions: Gauge,
     pub dispatcher_heartbeats: Counter,
     pub dispatcher_scheduling_delay: Histogram,
+    // Agent (worker): events, and tasks by state refreshed at scrape.
+    pub agent_container_start_seconds: Histogram,
+    pub agent_image_pull_seconds: Histogram,
+    pub agent_image_pull_bytes: Counter,
+    pub agent_tasks: Family<StateLabel, Gauge>,
     // Data plane, read from per-CPU BPF maps at scrape.
     /// Monotonic counters mirrored from the BPF maps at scrape time.
     pub datapath_packets: Family<DatapathLabels, Counter>,
@@ -110,6 +115,12 @@ impl Metrics {
             dispatcher_sessions: Gauge::default(),
             dispatcher_heartbeats: Counter::default(),
             dispatcher_scheduling_delay: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            // 10 ms to about 80 s.
+            agent_container_start_seconds: Histogram::new(exponential_buckets(0.01, 2.0, 14)),
+            // 50 ms to about 15 min.
+            agent_image_pull_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 15)),
+            agent_image_pull_bytes: Counter::default(),
+            agent_tasks: Family::default(),
             datapath_packets: Family::default(),
             datapath_bytes: Family::default(),
             datapath_map_entries: Family::default(),
@@ -206,6 +217,29 @@ impl Metrics {
             Unit::Seconds,
             m.dispatcher_scheduling_delay.clone(),
         );
+        r.register_with_unit(
+            "agent_container_start",
+            "Time from starting to make a task's container (rootfs mount) to it running",
+            Unit::Seconds,
+            m.agent_container_start_seconds.clone(),
+        );
+        r.register_with_unit(
+            "agent_image_pull",
+            "Time to pull the image of a task that the node did not have",
+            Unit::Seconds,
+            m.agent_image_pull_seconds.clone(),
+        );
+        r.register_with_unit(
+            "agent_image_pull",
+            "Layer bytes downloaded for tasks' images",
+            Unit::Bytes,
+            m.agent_image_pull_bytes.clone(),
+        );
+        r.register(
+            "agent_tasks",
+            "Tasks this node's worker manages, by state",
+            m.agent_tasks.clone(),
+        );
         r.register(
             "datapath_packets",
             "Packets seen by the eBPF programs, by interface, direction and class",
@@ -264,6 +298,19 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("swarm_manager_leader"), "{out}");
+        m.agent_image_pull_bytes.inc_by(10);
+        m.agent_container_start_seconds.observe(0.1);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &m.registry).unwrap();
+        assert!(out.contains("swarm_agent_image_pull_bytes_total"), "{out}");
+        assert!(
+            out.contains("swarm_agent_image_pull_seconds_bucket"),
+            "{out}"
+        );
+        assert!(
+            out.contains("swarm_agent_container_start_seconds_bucket"),
+            "{out}"
+        );
         assert!(out.contains("# EOF"), "{out}");
     }
 }

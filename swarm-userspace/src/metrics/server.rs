@@ -134,6 +134,24 @@ pub fn refresh(node: &NodeHandle, dataplane: Option<&SharedDataplane>) {
         m.raft_is_leader.set(0);
     }
 
+    let counts = node.worker().task_counts();
+    for s in [
+        pb::TaskState::Assigned,
+        pb::TaskState::Accepted,
+        pb::TaskState::Preparing,
+        pb::TaskState::Ready,
+        pb::TaskState::Starting,
+        pb::TaskState::Running,
+        pb::TaskState::Complete,
+        pb::TaskState::Shutdown,
+        pb::TaskState::Failed,
+        pb::TaskState::Rejected,
+    ] {
+        let state = state_label(s.as_str_name(), "TASK_STATE_");
+        let n = counts.get(&state).copied().unwrap_or(0);
+        m.agent_tasks.get_or_create(&StateLabel { state }).set(n);
+    }
+
     if let Some(dp) = dataplane {
         let dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
         match dp.status() {
