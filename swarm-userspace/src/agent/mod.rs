@@ -2,16 +2,13 @@
 //!
 //! Owns finding the leader (trying the managers it knows, following
 //! redirects), keeping the session alive with heartbeats, following the
-//! manager list the leader sends, receiving assignments, and renewing the
-//! node's certificate (at a random point between 50% and 80% of its life,
-//! and at once when the managers changed the node's role). Running the
-//! assigned tasks is the executor's job (it arrives with the container
-//! runtime); this module must never start containers itself.
-use std::{
-    collections::BTreeMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+//! manager list the leader sends, handing assignments to the worker and
+//! shipping the worker's task statuses back (batched, one call in flight),
+//! and renewing the node's certificate (at a random point between 50% and
+//! 80% of its life, and at once when the managers changed the node's
+//! role). Running the assigned tasks is the worker's job; this module must
+//! never touch containers itself.
+use std::{sync::Arc, time::Duration};
 
 use swarm_proto::v1::{self as pb, dispatcher_client::DispatcherClient};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +19,7 @@ use crate::{
     dispatcher::LEADER_ADDR_KEY,
     raft::network::ChannelProvider,
     supervisor::{ControlLoop, LoopError},
+    worker::{Worker, status::MAX_BATCH},
 };
 
 /// What the agent learns that the node should act on or remember.
@@ -44,9 +42,6 @@ pub struct Credentials {
     pub advertise_addr: String,
 }
 
-/// The tasks currently assigned to this node, by ID.
-pub type Assigned = Arc<Mutex<BTreeMap<String, pb::Task>>>;
-
 pub struct Agent {
     node_id: String,
     creds: Credentials,
@@ -56,7 +51,7 @@ pub struct Agent {
     channels: Arc<dyn ChannelProvider>,
     managers: Vec<String>,
     events: Arc<dyn AgentEvents>,
-    assigned: Assigned,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for Agent {
@@ -80,6 +75,7 @@ impl Agent {
         description: pb::NodeDescription,
         channels: Arc<dyn ChannelProvider>,
         managers: Vec<String>,
+        worker: Worker,
         events: Arc<dyn AgentEvents>,
         creds: Credentials,
     ) -> Self {
@@ -92,12 +88,8 @@ impl Agent {
             channels,
             managers,
             events,
-            assigned: Arc::new(Mutex::new(BTreeMap::new())),
+            worker,
         }
-    }
-
-    pub fn assigned(&self) -> Assigned {
-        self.assigned.clone()
     }
 
     async fn session(&mut self, addr: &str, shutdown: &CancellationToken) -> SessionEnd {
@@ -137,6 +129,9 @@ impl Agent {
             Err(s) => return redirect_or_fail(&s),
         };
 
+        // A new leader may have missed any earlier report.
+        self.worker.statuses().resend_all();
+        let mut sending = InFlight(None);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return SessionEnd::Shutdown,
@@ -160,8 +155,23 @@ impl Agent {
                     Err(s) => return redirect_or_fail(&s),
                 },
                 msg = assignments.message() => match msg {
-                    Ok(Some(m)) => self.apply_assignments(m),
+                    Ok(Some(m)) => self.worker.assign(m),
                     Ok(None) => return SessionEnd::Failed("the assignment stream ended".into()),
+                    Err(s) => return redirect_or_fail(&s),
+                },
+                // Everything that changed since the last call goes in the
+                // next one; one call at a time.
+                () = self.worker.statuses().changed(), if sending.0.is_none() => {
+                    let updates = self.worker.statuses().take(MAX_BATCH);
+                    if !updates.is_empty() {
+                        let req = pb::UpdateTaskStatusRequest { session_id: session_id.clone(), updates };
+                        let mut c = client.clone();
+                        sending.0 = Some(tokio::spawn(async move { c.update_task_status(req).await.map(|_| ()) }));
+                    }
+                }
+                res = sending.finished() => match res {
+                    Ok(()) => {}
+                    // The new session sends every status again.
                     Err(s) => return redirect_or_fail(&s),
                 },
             }
@@ -234,21 +244,32 @@ impl Agent {
         }
         Ok(())
     }
+}
 
-    fn apply_assignments(&self, m: pb::AssignmentsMessage) {
-        let mut a = self.assigned.lock().unwrap_or_else(PoisonError::into_inner);
-        if m.r#type == pb::assignments_message::Type::Full as i32 {
-            a.clear();
+/// The UpdateTaskStatus call in flight, if any; aborted with the session.
+struct InFlight(Option<tokio::task::JoinHandle<Result<(), tonic::Status>>>);
+
+impl InFlight {
+    /// Resolves when the call in flight ends (never if there is none).
+    async fn finished(&mut self) -> Result<(), tonic::Status> {
+        let Some(h) = self.0.as_mut() else {
+            return std::future::pending().await;
+        };
+        let res = h.await;
+        self.0 = None;
+        res.unwrap_or_else(|e| {
+            Err(tonic::Status::internal(format!(
+                "the status report task failed: {e}"
+            )))
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.abort();
         }
-        for t in m.updated_tasks {
-            if let Some(id) = t.meta.as_ref().map(|m| m.id.clone()) {
-                a.insert(id, t);
-            }
-        }
-        for id in m.removed_task_ids {
-            a.remove(&id);
-        }
-        tracing::debug!(tasks = a.len(), "assignments updated");
     }
 }
 

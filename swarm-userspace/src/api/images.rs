@@ -19,11 +19,8 @@ pub struct ImagesApi {
 }
 
 impl ImagesApi {
-    pub fn new(store: ImageStore, puller: Puller) -> Self {
-        ImagesApi {
-            store,
-            puller: Arc::new(puller),
-        }
+    pub fn new(store: ImageStore, puller: Arc<Puller>) -> Self {
+        ImagesApi { store, puller }
     }
 }
 

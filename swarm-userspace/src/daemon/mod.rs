@@ -18,6 +18,10 @@ use crate::{
     host::Host,
     runtime::{LibcontainerExecutor, RuntimeConfig},
     supervisor::{Supervisor, SupervisorError},
+    worker::{
+        Worker,
+        images::{Images, SimulatedImages, StoreImages},
+    },
 };
 
 /// Everything `swarm daemon` is told on its command line.
@@ -135,17 +139,24 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>)))
     };
 
-    let executor = executor(&config).await?;
+    let executor = executor(&config)?;
+    let images = crate::image::ImageStore::open(config.data_root.join("images"))?;
+    images.recover()?;
+    let puller = Arc::new(crate::image::Puller::new(&config.insecure_registries)?);
+    let task_images: Arc<dyn Images> = match config.executor {
+        ExecutorKind::Runtime => Arc::new(StoreImages::new(images.clone(), puller.clone())),
+        ExecutorKind::Fake => Arc::new(SimulatedImages),
+    };
+    let (worker, worker_loop) = Worker::new(executor.clone(), task_images);
 
     let (node, node_loop) = crate::node::new(crate::node::NodeConfig {
         data_root: config.data_root.clone(),
         hostname: config.hostname.clone(),
         raft: config.raft.clone(),
+        worker,
     });
-    let images = crate::image::ImageStore::open(config.data_root.join("images"))?;
-    images.recover()?;
-    let puller = crate::image::Puller::new(&config.insecure_registries)?;
     let mut supervisor = Supervisor::new(config.shutdown_timeout);
+    supervisor.spawn(worker_loop);
     supervisor.spawn(node_loop);
     supervisor.spawn(
         ApiServer::bind(config.host.unix_path(), dataplane.clone(), node.clone())
@@ -170,8 +181,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
 
 /// The node's executor. The libcontainer one makes this process a child
 /// subreaper first, so that container processes orphaned by a dead shim come
-/// to us and their exit statuses are not lost.
-async fn executor(config: &DaemonConfig) -> Result<Arc<dyn Executor>, DaemonError> {
+/// to us and their exit statuses are not lost. What a previous run left is
+/// the worker's to decide on.
+fn executor(config: &DaemonConfig) -> Result<Arc<dyn Executor>, DaemonError> {
     let exec: Arc<dyn Executor> = match config.executor {
         ExecutorKind::Fake => Arc::new(FakeExecutor::new()),
         ExecutorKind::Runtime => Arc::new(LibcontainerExecutor::new(RuntimeConfig::new(
@@ -179,16 +191,6 @@ async fn executor(config: &DaemonConfig) -> Result<Arc<dyn Executor>, DaemonErro
             &config.cgroup_parent,
         )?)?),
     };
-    // What a previous run left: kept running, reported; the worker decides
-    // their fate once it knows the node's assignments.
-    for c in exec.list().await? {
-        tracing::info!(
-            container = %c.id,
-            status = %c.status,
-            exit_code = c.exit.map(|e| e.code),
-            "found a container from before this start"
-        );
-    }
     tracing::info!(executor = exec.name(), "executor ready");
     Ok(exec)
 }

@@ -32,6 +32,7 @@ use crate::{
     raft::RaftSettings,
     store::{WriteTx, new_id},
     supervisor::{ControlLoop, LoopError},
+    worker::Worker,
 };
 use state::{NodeRole, NodeState, SwarmDir};
 
@@ -44,6 +45,8 @@ pub struct NodeConfig {
     pub data_root: PathBuf,
     pub hostname: String,
     pub raft: RaftSettings,
+    /// Runs the tasks the agent receives; outlives memberships.
+    pub worker: Worker,
 }
 
 enum Command {
@@ -74,6 +77,7 @@ struct Shared {
 pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     shared: Arc<RwLock<Shared>>,
+    worker: Worker,
 }
 
 impl std::fmt::Debug for NodeHandle {
@@ -110,6 +114,11 @@ impl NodeHandle {
             .await
             .map_err(|_| Status::unavailable(BUSY))?;
         rx.await.map_err(|_| Status::unavailable(BUSY))?
+    }
+
+    /// The node's worker (its tasks' containers and logs).
+    pub fn worker(&self) -> &Worker {
+        &self.worker
     }
 
     /// The manager, when this node is one.
@@ -260,6 +269,7 @@ pub fn new(cfg: NodeConfig) -> (NodeHandle, NodeLoop) {
         NodeHandle {
             tx: tx.clone(),
             shared: shared.clone(),
+            worker: cfg.worker.clone(),
         },
         NodeLoop {
             cfg,
@@ -405,6 +415,7 @@ impl NodeLoop {
             describe(&self.cfg.hostname),
             channels,
             st.managers.clone(),
+            self.cfg.worker.clone(),
             Arc::new(AgentHooks {
                 dir: self.dir.clone(),
                 shared: self.shared.clone(),
@@ -738,6 +749,8 @@ impl NodeLoop {
         if let Some(c) = self.children.take() {
             c.stop().await;
         }
+        // The agent is gone, so no assignment comes in meanwhile.
+        self.cfg.worker.remove_all().await.map_err(internal)?;
         self.dir.wipe().map_err(internal)?;
         tracing::info!(node_id = %st.node_id, "left the swarm");
         self.set_shared(None, None, "inactive");
