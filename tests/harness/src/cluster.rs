@@ -123,7 +123,8 @@ impl ClusterBuilder {
 
     /// Extra `swarm daemon` arguments for node `i` (counting from 1),
     /// appended after the harness's own
-    /// (`--data-root`, `-H`, `--log-level debug`, `--log-format text`).
+    /// (`--data-root`, `-H`, `--log-level debug`, `--log-format text`, and
+    /// `--cgroup-parent <cgroup_prefix>n<i>` unless these args give one).
     pub fn daemon_args(mut self, f: impl Fn(usize) -> Vec<String> + Send + Sync + 'static) -> Self {
         self.args = Some(Box::new(f));
         self
@@ -394,6 +395,7 @@ impl Cluster {
         fs::create_dir_all(&dir).expect("creating the node's dir");
         let daemon = bin.map(|bin| DaemonSpec {
             bin: bin.to_path_buf(),
+            cgroup_parent: format!("{}n{i}", self.cgroup_prefix()),
             extra_args: b.args.as_ref().map(|f| f(i)).unwrap_or_default(),
             env: b.env.clone(),
             ready_timeout: b.ready_timeout,
@@ -652,6 +654,9 @@ impl Drop for Cluster {
 
 struct DaemonSpec {
     bin: PathBuf,
+    /// `--cgroup-parent`: named with the cluster's cgroup prefix, so
+    /// teardown removes containers' cgroups even when a test fails.
+    cgroup_parent: String,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
     ready_timeout: Duration,
@@ -874,7 +879,15 @@ impl Node {
             .arg(&self.data_root)
             .arg("-H")
             .arg(self.host_arg())
-            .args(["--log-level", "debug", "--log-format", "text"])
+            .args(["--log-level", "debug", "--log-format", "text"]);
+        if !spec
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--cgroup-parent"))
+        {
+            command.arg("--cgroup-parent").arg(&spec.cgroup_parent);
+        }
+        command
             .args(&spec.extra_args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.dir)
