@@ -7,7 +7,7 @@
 //! `cargo xtask bench scale`).
 //!
 //! Owns: joining N nodes with a worker token, and running their agents
-//! until shutdown. Keeps nothing on disk. Must never run real containers or
+//! and workers (fake executor, no images) until shutdown. Keeps nothing on disk. Must never run real containers or
 //! touch the kernel beyond its sockets.
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,8 +21,10 @@ use tonic::transport::Channel;
 
 use crate::agent::{Agent, AgentEvents, Credentials};
 use crate::ca::{self, ClientTls, JoinToken, NodeCert, NodeKey, Role, RootCert, TlsIdentity};
+use crate::executor::fake::FakeExecutor;
 use crate::manager::MtlsChannels;
 use crate::supervisor::ControlLoop;
+use crate::worker::{Worker, images::SimulatedImages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulationError {
@@ -175,11 +177,14 @@ pub async fn run(
                 });
             }
         };
+        let (worker, worker_loop) =
+            Worker::new(Arc::new(FakeExecutor::new()), Arc::new(SimulatedImages));
         let agent = Agent::new(
             j.node_id,
             description(&cfg, i),
             channels,
             j.managers,
+            worker,
             Arc::new(NoEvents),
             Credentials {
                 root: root.clone(),
@@ -196,6 +201,12 @@ pub async fn run(
         agents.spawn(async move {
             if let Err(e) = agent.run(stop).await {
                 tracing::warn!(error = %e, "a simulated node's agent stopped");
+            }
+        });
+        let stop = shutdown.clone();
+        agents.spawn(async move {
+            if let Err(e) = worker_loop.run(stop).await {
+                tracing::warn!(error = %e, "a simulated node's worker stopped");
             }
         });
     }
