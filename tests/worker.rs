@@ -186,6 +186,7 @@ fn failures_read_like_docker() {
             .find(|t| t["Status"]["State"] == "rejected")
     });
     let err = rejected["Status"]["Err"].as_str().unwrap_or_default();
+    eprintln!("rejected: {err}");
     assert!(err.contains("no-such-image"), "{rejected}");
 
     // A node leaving the swarm takes its task containers along.
