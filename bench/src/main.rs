@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarm_bench::{failover, raft, report::Report, scale, stop};
+use swarm_bench::{failover, raft, report::Report, scale, services, stop};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +56,10 @@ enum Bench {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Service convergence with real containers on 3 nodes (create 10 and
+    /// 100, scale 100 → 200, rolling update, removal); baseline the fake
+    /// executor.
+    Services,
     /// Simulated nodes on a 3-manager swarm: join time, heartbeat CPU,
     /// placement throughput, manager memory per task.
     Scale {
@@ -114,10 +118,18 @@ fn main() -> anyhow::Result<()> {
             finish(&failover::run(&failover_opts(None, None), quick)?, &out)?;
             finish(&raft::run(&raft_opts(None, None, None), quick)?, &out)?;
             finish(
+                &services::run(&services::ServicesOpts::new(quick), quick)?,
+                &out,
+            )?;
+            finish(
                 &scale::run(&scale::ScaleOpts::new(quick, None, None, None), quick)?,
                 &out,
             )?;
         }
+        Bench::Services => finish(
+            &services::run(&services::ServicesOpts::new(quick), quick)?,
+            &out,
+        )?,
         Bench::Scale {
             nodes,
             tasks,

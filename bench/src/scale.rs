@@ -122,7 +122,7 @@ fn cpu_over(pid: u32, window: Duration) -> Option<f64> {
 }
 
 /// One sample of the leader's `swarm_manager_*{state=...}` gauges.
-fn manager_gauge(n: &Node, family: &str, state: &str) -> Option<u64> {
+pub(crate) fn manager_gauge(n: &Node, family: &str, state: &str) -> Option<u64> {
     let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
     let resp = n
         .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
@@ -139,9 +139,26 @@ fn manager_gauge(n: &Node, family: &str, state: &str) -> Option<u64> {
         })
 }
 
+/// The sum of the leader's `swarm_manager_{family}` gauge over all states.
+pub(crate) fn manager_total(n: &Node, family: &str) -> Option<u64> {
+    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
+    let resp = n
+        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
+        .ok()?;
+    let prefix = format!("swarm_manager_{family}{{state=");
+    let total: f64 = resp
+        .body
+        .lines()
+        .filter(|l| l.starts_with(prefix.as_str()))
+        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+        .sum();
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    Some(total as u64)
+}
+
 /// Polls until `done` (checked every 100 ms) or `timeout`; returns the
 /// seconds from `since`.
-fn time_until(
+pub(crate) fn time_until(
     since: Instant,
     timeout: Duration,
     what: &str,
@@ -159,7 +176,7 @@ fn time_until(
     }
 }
 
-fn swarm_ok(n: &Node, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn swarm_ok(n: &Node, args: &[&str]) -> anyhow::Result<String> {
     let out = n.swarm_timeout(args, Duration::from_secs(120));
     if !out.ok() {
         bail!("{out}");
