@@ -78,6 +78,8 @@ pub fn cluster_policy() -> Result<Policy, ca::PolicyError> {
         ("/swarm.v1.NodeCa/IssueNodeCertificate", Access::Anyone),
         ("/swarm.v1.NodeCa/RenewNodeCertificate", Access::AnyNode),
         ("/swarm.v1.Dispatcher/", Access::AnyNode),
+        ("/swarm.v1.LogBroker/", Access::AnyNode),
+        ("/swarm.v1.Logs/", Access::Manager),
     ])
 }
 
@@ -272,12 +274,15 @@ impl ControlLoop for ManagerServer {
         let dispatcher_svc = dispatcher.clone().into_server();
         let dispatcher_loop = tokio::spawn(dispatcher.run_leader_duties(shutdown.clone()));
         let snapshot_loop = tokio::spawn(snapshot_policy(m.clone(), shutdown.clone()));
+        let logbroker = crate::logbroker::LogBroker::new(m.store.clone(), Arc::new(m.clone()));
         let res = tonic::transport::Server::builder()
             .layer(self.authz)
             .add_service(raft_svc)
             .add_service(ca_svc)
             .add_service(control_svc)
             .add_service(dispatcher_svc)
+            .add_service(logbroker.logs_server())
+            .add_service(logbroker.broker_server())
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
             .await;
         let _ = dispatcher_loop.await;
