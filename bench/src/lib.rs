@@ -11,6 +11,9 @@
 //!   docker's Raft timing.
 //! - [`raft`]: Raft write throughput and latency on 3 in-process managers
 //!   in network namespaces over mutual TLS; baseline is one manager.
+//! - [`scale`]: simulated nodes (`swarm simulate`) joining a 3-manager
+//!   swarm, the leader's heartbeat CPU, placement throughput, memory per
+//!   task; baselines are the idle leader and the in-process scheduler.
 //!
 //! Benchmarks are not tests: they never run in `scripts/test.sh` (only the
 //! unit tests of the helpers here do). Everything they create (namespaces,
@@ -20,5 +23,6 @@
 pub mod failover;
 pub mod raft;
 pub mod report;
+pub mod scale;
 pub mod stats;
 pub mod stop;

@@ -263,22 +263,16 @@ impl Dispatcher {
         if updates.is_empty() {
             return Ok(());
         }
-        let actions = self
-            .m
-            .store
-            .prepare(|tx: &mut WriteTx| {
+        self.m
+            .update(|tx: &mut WriteTx| {
                 for n in updates {
                     tx.update(n)?;
                 }
                 Ok::<(), crate::store::StoreError>(())
             })
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.m
-            .proposer
-            .propose(actions)
             .await
             .map(|_| ())
-            .map_err(crate::manager::caserver::propose_status)
+            .map_err(update_status)
     }
 }
 
@@ -445,6 +439,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         }
         let who = self.caller(&req)?;
         self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        // Read, check and write under the write lock, so that the
+        // leader loops' batches and this one never conflict.
+        let _w = self.m.write_lock().await;
         let view = self.m.store.view();
         let mut tasks = Vec::new();
         for u in &req.get_ref().updates {
@@ -498,5 +495,12 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             .await
             .map_err(crate::manager::caserver::propose_status)?;
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+}
+
+fn update_status(e: crate::manager::UpdateError) -> Status {
+    match e {
+        crate::manager::UpdateError::Store(e) => Status::internal(e.to_string()),
+        crate::manager::UpdateError::Propose(e) => crate::manager::caserver::propose_status(e),
     }
 }
