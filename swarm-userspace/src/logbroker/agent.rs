@@ -336,7 +336,10 @@ impl Publisher {
         };
         // Say we are here at once: the leader waits for every node.
         let mut ok = send(Vec::new(), false).await;
-        let tail = self
+        // `tail` is for the logs there are when the subscription comes; a
+        // task whose log shows up later (a replica started while
+        // following) has only new lines: all of them are sent.
+        let mut tail = self
             .options
             .tail
             .map(|t| usize::try_from(t).unwrap_or(usize::MAX));
@@ -399,6 +402,7 @@ impl Publisher {
             if !ok {
                 break;
             }
+            tail = None;
             if !self.options.follow {
                 // Tasks this node does not know are left out, like logs of
                 // a container that no longer exists.

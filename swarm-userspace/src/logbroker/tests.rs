@@ -32,14 +32,13 @@ impl Leadership for Leader {
     }
 }
 
-/// Logs in a directory, one file per task.
+/// Logs in a directory, one file per task; like the worker, it knows a
+/// task only once its log exists.
 struct DirLogs(PathBuf);
 impl TaskLogs for DirLogs {
     fn log_source(&self, task_id: &str) -> Option<LogSource> {
-        Some(LogSource {
-            path: self.0.join(format!("{task_id}.log")),
-            max_files: 3,
-        })
+        let path = self.0.join(format!("{task_id}.log"));
+        path.exists().then_some(LogSource { path, max_files: 3 })
     }
 }
 
@@ -305,7 +304,7 @@ async fn follow_gets_new_lines_and_new_tasks() {
     write(c.dir.path(), "taskw1", &["old"], Stream::Stdout);
     let mut stream = c
         .client
-        .subscribe_logs(c.request(service("web"), true, None))
+        .subscribe_logs(c.request(service("web"), true, Some(1)))
         .await
         .unwrap()
         .into_inner();
@@ -329,9 +328,16 @@ async fn follow_gets_new_lines_and_new_tasks() {
     assert_eq!(next_line().await, "taskw1@nodeaaa: old");
     write(c.dir.path(), "taskw1", &["new"], Stream::Stdout);
     assert_eq!(next_line().await, "taskw1@nodeaaa: new");
-    // A task assigned later joins the subscription.
+    // A task assigned later joins the subscription with all its lines,
+    // also those written before its node heard of it (--tail is for the
+    // logs there were when the subscription came).
+    write(
+        c.dir.path(),
+        "taskw5",
+        &["late-1", "late-2"],
+        Stream::Stdout,
+    );
     apply(&c.store, 2, |tx| tx.create(task("taskw5", "nodebbb")));
-    write(c.dir.path(), "taskw5", &["late"], Stream::Stdout);
-    assert_eq!(next_line().await, "taskw5@nodebbb: late");
+    assert_eq!(next_line().await, "taskw5@nodebbb: late-1");
     c.stop.cancel();
 }
