@@ -680,10 +680,15 @@ mod tests {
             vec!["swarm", "service", "ps"],
             vec!["swarm", "service", "inspect"],
             vec!["swarm", "service", "update"],
-            vec!["swarm", "service", "logs", "web"],
+            vec!["swarm", "service", "logs"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
+        let ServiceCommand::Logs(a) = parse(&["logs", "-f", "--tail", "5", "-t", "web"]) else {
+            panic!("logs")
+        };
+        assert!(a.follow && a.timestamps && a.target == "web");
+        assert_eq!(a.tail, super::super::logs::Tail(Some(5)));
     }
 
     #[test]
