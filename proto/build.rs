@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "swarm/v1/dispatcher.proto",
         "swarm/v1/swarm.proto",
         "swarm/v1/image.proto",
+        "swarm/v1/logbroker.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

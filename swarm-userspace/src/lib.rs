@@ -20,6 +20,7 @@ pub mod dispatcher;
 pub mod executor;
 pub mod host;
 pub mod image;
+pub mod logbroker;
 pub mod logging;
 pub mod manager;
 pub mod metrics;

@@ -1,8 +1,8 @@
 //! Connects a CLI command to a daemon's unix socket.
 use hyper_util::rt::TokioIo;
 use swarm_proto::v1::{
-    control_client::ControlClient, images_client::ImagesClient, swarm_client::SwarmClient,
-    system_client::SystemClient,
+    control_client::ControlClient, images_client::ImagesClient, logs_client::LogsClient,
+    swarm_client::SwarmClient, system_client::SystemClient,
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -68,6 +68,11 @@ impl Client {
     /// a manager; a worker answers every call with FAILED_PRECONDITION.
     pub fn control(&self) -> ControlClient<Channel> {
         ControlClient::new(self.channel.clone())
+    }
+
+    /// Task logs, gathered by the leader (managers only, like `control`).
+    pub fn logs(&self) -> LogsClient<Channel> {
+        LogsClient::new(self.channel.clone())
     }
 
     /// The node's image store.

@@ -7,4 +7,5 @@
 pub mod client;
 pub mod images;
 pub mod local;
+pub mod logs;
 pub mod server;

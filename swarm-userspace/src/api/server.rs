@@ -203,7 +203,10 @@ impl ControlLoop for ApiServer {
                 self.node.clone(),
             )))
             .add_service(swarm_proto::v1::control_server::ControlServer::new(
-                LocalControl(self.node),
+                LocalControl(self.node.clone()),
+            ))
+            .add_service(swarm_proto::v1::logs_server::LogsServer::new(
+                crate::api::logs::LocalLogs(self.node),
             ))
             .add_optional_service(
                 self.images

@@ -8,6 +8,7 @@ mod dataplane;
 mod image;
 mod info;
 mod json;
+mod logs;
 mod node;
 mod output;
 mod service;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Manage the swarm's services (run on a manager).
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Work with the swarm's tasks (run on a manager).
+    #[command(subcommand)]
+    Task(logs::TaskCommand),
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -352,6 +356,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Service(cmd) => service::run(&Client::connect(&cli.host).await?, &cmd).await,
+        Command::Task(logs::TaskCommand::Logs(a)) => {
+            logs::run(&Client::connect(&cli.host).await?, &a, true).await
+        }
         Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
         Command::Simulate(args) => simulate(args).await,
         Command::RuntimeHelper(_) => {

@@ -79,6 +79,8 @@ pub fn cluster_policy() -> Result<Policy, ca::PolicyError> {
         ("/swarm.v1.NodeCa/IssueNodeCertificate", Access::Anyone),
         ("/swarm.v1.NodeCa/RenewNodeCertificate", Access::AnyNode),
         ("/swarm.v1.Dispatcher/", Access::AnyNode),
+        ("/swarm.v1.LogBroker/", Access::AnyNode),
+        ("/swarm.v1.Logs/", Access::Manager),
     ])
 }
 
@@ -318,12 +320,15 @@ impl ControlLoop for ManagerServer {
         let scheduler = leader::SchedulerLoop::new(m.clone());
         leader_loops.spawn(run_named(orchestrator, shutdown.clone()));
         leader_loops.spawn(run_named(scheduler, shutdown.clone()));
+        let logbroker = crate::logbroker::LogBroker::new(m.store.clone(), Arc::new(m.clone()));
         let server = tonic::transport::Server::builder()
             .layer(self.authz)
             .add_service(raft_svc)
             .add_service(ca_svc)
             .add_service(control_svc)
             .add_service(dispatcher_svc)
+            .add_service(logbroker.logs_server())
+            .add_service(logbroker.broker_server())
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
         tokio::pin!(server);
         // A leader loop that ends before shutdown is fatal for the manager,

@@ -28,6 +28,7 @@ use tonic::Status;
 use crate::{
     agent::{Agent, AgentEvents},
     ca::{self, ClientTls, JoinToken, JoinTokens, NodeCert, NodeKey, Role, RootCa, TlsIdentity},
+    logbroker::agent::{LogAgent, RuntimeLogs},
     manager::{Manager, ManagerConfig, MtlsChannels, caserver::node_cert_validity},
     raft::RaftSettings,
     store::{WriteTx, new_id},
@@ -410,6 +411,7 @@ impl NodeLoop {
             None
         };
         let channels = Arc::new(MtlsChannels::new(root, &identity).map_err(internal)?);
+        children.spawn(self.log_agent(channels.clone()));
         children.spawn(Agent::new(
             st.node_id.clone(),
             describe(&self.cfg.hostname),
@@ -432,6 +434,27 @@ impl NodeLoop {
         ));
         self.children = Some(children);
         Ok(manager)
+    }
+
+    /// Publishes this node's task logs to the leader's log broker. It
+    /// finds managers through the list the agent keeps current.
+    fn log_agent(&self, channels: Arc<MtlsChannels>) -> LogAgent {
+        let shared = self.shared.clone();
+        let managers = Arc::new(move || {
+            shared
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .state
+                .as_ref()
+                .map(|st| st.managers.clone())
+                .unwrap_or_default()
+        });
+        // Container ID = task ID: the runtime's layout says where a task's
+        // log is.
+        let logs = Arc::new(RuntimeLogs {
+            root: self.cfg.data_root.join("containers"),
+        });
+        LogAgent::new(channels, managers, logs)
     }
 
     async fn resume(&mut self) -> Result<(), LoopError> {

@@ -1,4 +1,4 @@
-//! `swarm service create|update|rm|ls|ps|inspect|scale|rollback`.
+//! `swarm service create|update|rm|ls|ps|inspect|logs|scale|rollback`.
 //!
 //! Clients of the Control API, shaped like docker's `service` commands.
 //! Service references (ID, name, ID prefix) are resolved by the manager.
@@ -7,7 +7,7 @@
 //! wait for convergence with a progress display unless `--detach`; the
 //! decisions of that display live in [`progress`], the polling here.
 //!
-//! `service logs` is not here: logs arrive with the container runtime.
+//! `service logs` lives in `cli/logs.rs`, shared with `task logs`.
 mod flags;
 mod json;
 mod progress;
@@ -48,6 +48,8 @@ pub enum ServiceCommand {
     Ps(PsArgs),
     /// Display detailed information on one or more services.
     Inspect(InspectArgs),
+    /// Fetch the logs of a service or task.
+    Logs(super::logs::LogsArgs),
     /// Scale one or multiple replicated services (SERVICE=REPLICAS...).
     Scale(ScaleArgs),
     /// Revert changes to a service's configuration.
@@ -135,6 +137,7 @@ pub async fn run(client: &Client, cmd: &ServiceCommand) -> anyhow::Result<()> {
         ServiceCommand::Ls(a) => ls(client, a).await,
         ServiceCommand::Ps(a) => ps(client, a).await,
         ServiceCommand::Inspect(a) => inspect(client, a).await,
+        ServiceCommand::Logs(a) => super::logs::run(client, a, false).await,
         ServiceCommand::Scale(a) => scale(client, a).await,
         ServiceCommand::Rollback(a) => rollback(client, &a.service, a.detach, a.quiet).await,
     }
@@ -677,10 +680,15 @@ mod tests {
             vec!["swarm", "service", "ps"],
             vec!["swarm", "service", "inspect"],
             vec!["swarm", "service", "update"],
-            vec!["swarm", "service", "logs", "web"],
+            vec!["swarm", "service", "logs"],
         ] {
             assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
         }
+        let ServiceCommand::Logs(a) = parse(&["logs", "-f", "--tail", "5", "-t", "web"]) else {
+            panic!("logs")
+        };
+        assert!(a.follow && a.timestamps && a.target == "web");
+        assert_eq!(a.tail, super::super::logs::Tail(Some(5)));
     }
 
     #[test]
