@@ -22,6 +22,13 @@ const fn s(state: TaskState) -> i32 {
     state as i32
 }
 
+/// Whether a task with this desired state is to be stopped. Job tasks are
+/// desired COMPLETE: they run until they exit, like swarmkit's; only a
+/// desired state past COMPLETE (SHUTDOWN, REMOVE, ...) stops a task.
+pub fn stop_wanted(desired: i32) -> bool {
+    desired > s(TaskState::Complete)
+}
+
 /// What a task manager does next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -50,7 +57,7 @@ pub fn step(current: i32, desired: i32, has_container: bool) -> Step {
         // (for its logs) until the task leaves the assignments.
         return Step::Idle;
     }
-    if desired > s(TaskState::Running) {
+    if stop_wanted(desired) {
         return Step::Shutdown;
     }
     if current < s(TaskState::Accepted) {
@@ -170,7 +177,7 @@ pub fn adopted(current: i32, desired: i32, container: &ContainerState) -> Option
         }
         Status::Exited => {
             let exit = container.exit.unwrap_or_else(ExitStatus::lost);
-            if desired > s(TaskState::Running) {
+            if stop_wanted(desired) {
                 // It was being stopped when the agent went away.
                 let mut r = Report::new(TaskState::Shutdown, "shutdown");
                 r.exit_code = exit.code;
@@ -352,8 +359,24 @@ mod tests {
     }
 
     #[test]
-    fn a_desired_state_past_running_stops_the_task() {
-        for desired in [T::Shutdown, T::Remove, T::Complete, T::Failed] {
+    fn a_job_task_desired_complete_runs_to_its_end() {
+        let want = st(T::Complete);
+        assert_eq!(step(st(T::Assigned), want, false), Step::Accept);
+        assert_eq!(step(st(T::Accepted), want, false), Step::Prepare);
+        assert_eq!(step(st(T::Ready), want, true), Step::Start);
+        assert_eq!(step(st(T::Running), want, true), Step::Wait);
+        assert_eq!(step(st(T::Complete), want, true), Step::Idle);
+        // Adopted after an agent restart: an exit is the job's result.
+        let exited = container(Status::Exited, Some(ExitStatus::code(0)));
+        assert_eq!(
+            adopted(st(T::Running), want, &exited).map(|r| r.state),
+            Some(T::Complete)
+        );
+    }
+
+    #[test]
+    fn a_desired_state_past_complete_stops_the_task() {
+        for desired in [T::Shutdown, T::Remove, T::Failed] {
             for current in [T::Assigned, T::Accepted, T::Ready, T::Starting, T::Running] {
                 assert_eq!(
                     step(st(current), st(desired), true),

@@ -177,7 +177,7 @@ impl TaskManager {
         let not_wanted = async {
             let mut rx = self.task.clone();
             let gone = rx
-                .wait_for(|t| t.desired_state > TaskState::Running as i32)
+                .wait_for(|t| decide::stop_wanted(t.desired_state))
                 .await
                 .is_err();
             if gone {
@@ -309,7 +309,7 @@ impl TaskManager {
         }
     }
 
-    /// The desired state went past RUNNING: stop the container with the
+    /// The desired state went past COMPLETE: stop the container with the
     /// task's signal and grace period.
     async fn shutdown(&mut self) {
         let mut exit_code = 0;
