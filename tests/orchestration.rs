@@ -1,6 +1,8 @@
-//! The leader loops on real daemons: services' tasks are created by the
-//! orchestrator and placed by the scheduler, spread over the nodes, follow
-//! scale changes, and a new leader carries on after a failover.
+//! The leader loops on real daemons, end to end with real containers:
+//! services' tasks are created by the orchestrator, placed by the scheduler
+//! and run by the workers; they follow scale changes, rolling updates (and
+//! automatic rollbacks), dead and drained nodes, restart policies and jobs,
+//! and a new leader carries on after a failover.
 mod support;
 
 use std::time::Duration;
@@ -38,16 +40,16 @@ fn replicas_are_placed_spread_over_the_nodes_and_follow_scale() {
         &image,
     ])
     .success();
-    eventually(Duration::from_secs(10), "5 tasks spread 1/2/2", || {
+    eventually(RUN_TIMEOUT, "5 tasks running, spread 1/2/2", || {
         let tasks = service_ps(n1, "web");
-        (placed_counts(&tasks)? == [1, 2, 2]).then_some(())
+        (running_counts(&tasks)? == [1, 2, 2]).then_some(())
     });
 
     n1.swarm(&["service", "scale", "--detach", "web=9"])
         .success();
-    eventually(Duration::from_secs(10), "9 tasks spread 3/3/3", || {
+    eventually(RUN_TIMEOUT, "9 tasks running, spread 3/3/3", || {
         let tasks = service_ps(n1, "web");
-        (placed_counts(&tasks)? == [3, 3, 3]).then_some(())
+        (running_counts(&tasks)? == [3, 3, 3]).then_some(())
     });
 
     n1.swarm(&["service", "scale", "--detach", "web=2"])
@@ -94,6 +96,12 @@ fn a_global_service_has_one_task_per_node_including_nodes_that_join_later() {
         "one task on each of 3 nodes",
         || (placed_counts(&service_ps(n1, "agent"))? == [1, 1, 1]).then_some(()),
     );
+    // And it runs there.
+    eventually(
+        RUN_TIMEOUT,
+        "one task running on each of 3 nodes",
+        || (running_counts(&service_ps(n1, "agent"))? == [1, 1, 1]).then_some(()),
+    );
 }
 
 #[test]
@@ -136,4 +144,433 @@ fn a_new_leader_carries_on_orchestrating() {
         let by = running_by_node(&tasks);
         (!by.contains_key("") && by.values().sum::<usize>() == 6).then_some(())
     });
+}
+
+// ---------------------------------------------------------------------------
+// End to end with real containers: every task below runs as a container
+// pulled from the cluster's registry.
+
+const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn state(t: &Value) -> &str {
+    t["Status"]["State"].as_str().unwrap_or_default()
+}
+
+fn desired_running(t: &Value) -> bool {
+    t["DesiredState"] == "running"
+}
+
+/// Tasks that are meant to run and do.
+fn running(tasks: &[Value]) -> Vec<&Value> {
+    tasks
+        .iter()
+        .filter(|t| desired_running(t) && state(t) == "running")
+        .collect()
+}
+
+/// RUNNING tasks per node, sorted, once exactly the desired-running tasks
+/// run (nothing pending, starting or on its way out).
+fn running_counts(tasks: &[Value]) -> Option<Vec<usize>> {
+    let r = running(tasks);
+    if r.len() != tasks.iter().filter(|t| desired_running(t)).count() {
+        return None;
+    }
+    let mut by = std::collections::BTreeMap::new();
+    for t in r {
+        *by.entry(t["NodeID"].as_str().unwrap_or_default().to_owned())
+            .or_insert(0_usize) += 1;
+    }
+    let mut counts: Vec<usize> = by.into_values().collect();
+    counts.sort_unstable();
+    Some(counts)
+}
+
+/// The node ID of the node with hostname `node-i`.
+fn node_id(n: &swarm_harness::Node, i: usize) -> String {
+    let ls = node_ls(n).expect("node ls");
+    let v = ls
+        .iter()
+        .find(|v| hostname_of(v) == format!("node-{i}"))
+        .unwrap_or_else(|| panic!("no node-{i} in {ls:?}"));
+    v["ID"].as_str().expect("node ID").to_owned()
+}
+
+/// Containers whose cgroup still holds processes on node `i`.
+fn live_containers(c: &swarm_harness::Cluster, i: usize) -> Vec<String> {
+    let dir = std::path::Path::new(swarm_harness::cleanup::CGROUP_ROOT)
+        .join("pids")
+        .join(format!("{}n{i}", c.cgroup_prefix()));
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("cgroup.procs"))
+                .is_ok_and(|p| !p.trim().is_empty())
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn three_nodes() -> swarm_harness::Cluster {
+    let c = cluster(3, Topology::Bridge);
+    form(&c, 1, 2);
+    wait_all_ready(c.node(1), 3);
+    c
+}
+
+/// `service create` without `--detach`, as a user types it.
+fn create_and_wait(n: &swarm_harness::Node, args: &[&str]) -> swarm_harness::CmdOutput {
+    let mut all = vec!["service", "create"];
+    all.extend_from_slice(args);
+    n.swarm_timeout(&all, RUN_TIMEOUT)
+}
+
+#[test]
+fn create_waits_for_five_running_replicas_spread_2_2_1() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let image = c.image("bb:1");
+    let started = std::time::Instant::now();
+    let out = create_and_wait(n1, &["--name", "web", "--replicas", "5", &image]).success();
+    eprintln!("create converged in {:?}", started.elapsed());
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(text.contains("overall progress: 5 out of 5 tasks"), "{text}");
+    assert!(text.contains("1/5: running"), "{text}");
+    assert!(text.contains("verify: Service converged"), "{text}");
+    // The command returns once the tasks run, not before.
+    let tasks = service_ps(n1, "web");
+    assert_eq!(running_counts(&tasks), Some(vec![1, 2, 2]), "{tasks:?}");
+}
+
+#[test]
+fn scale_up_to_20_and_down_to_2_stops_the_other_containers() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let image = c.image("bb:1");
+    n1.swarm(&["service", "create", "--detach", "--name", "web", &image])
+        .success();
+    let started = std::time::Instant::now();
+    n1.swarm_timeout(&["service", "scale", "web=20"], RUN_TIMEOUT)
+        .success();
+    eprintln!("scale to 20 converged in {:?}", started.elapsed());
+    let tasks = service_ps(n1, "web");
+    assert_eq!(running(&tasks).len(), 20, "{tasks:?}");
+    let live: usize = (1..=3).map(|i| live_containers(&c, i).len()).sum();
+    assert_eq!(live, 20, "containers with processes");
+
+    n1.swarm(&["service", "scale", "--detach", "web=2"])
+        .success();
+    eventually(
+        Duration::from_secs(30),
+        "2 running, the others shut down and their containers gone",
+        || {
+            let tasks = service_ps(n1, "web");
+            let stopping = tasks
+                .iter()
+                .filter(|t| !desired_running(t))
+                .filter(|t| !matches!(state(t), "shutdown" | "complete" | "failed"))
+                .count();
+            let live: usize = (1..=3).map(|i| live_containers(&c, i).len()).sum();
+            (running_counts(&tasks)?.iter().sum::<usize>() == 2 && stopping == 0 && live == 2)
+                .then_some(())
+        },
+    );
+    eprintln!("scale to 2 converged in {:?}", started.elapsed());
+    let tasks = service_ps(n1, "web");
+    assert_eq!(running(&tasks).len(), 2, "{tasks:?}");
+}
+
+#[test]
+fn a_rolling_update_never_has_more_than_parallelism_replicas_down() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let (bb1, bb2) = (c.image("bb:1"), c.image("bb:2"));
+    const REPLICAS: u64 = 6;
+    create_and_wait(
+        n1,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            &REPLICAS.to_string(),
+            "--update-parallelism",
+            "2",
+            &bb1,
+        ],
+    )
+    .success();
+
+    let started = std::time::Instant::now();
+    n1.swarm(&["service", "update", "--detach", "--image", &bb2, "web"])
+        .success();
+    let mut worst = 0;
+    let mut samples = 0;
+    loop {
+        let tasks = service_ps(n1, "web");
+        samples += 1;
+        let up: std::collections::BTreeSet<u64> = running(&tasks)
+            .iter()
+            .filter_map(|t| t["Slot"].as_u64())
+            .collect();
+        let down = (1..=REPLICAS).filter(|s| !up.contains(s)).count();
+        worst = worst.max(down);
+        assert!(
+            down <= 2,
+            "{down} replicas not running at once during the update: {tasks:#?}"
+        );
+        let done = running(&tasks)
+            .iter()
+            .filter(|t| t["Image"] == bb2.as_str())
+            .count();
+        if done == REPLICAS as usize && running_counts(&tasks).is_some() {
+            break;
+        }
+        assert!(
+            started.elapsed() < RUN_TIMEOUT,
+            "update not done: {tasks:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    eprintln!(
+        "update done in {:?}; {samples} samples, at most {worst} replicas down",
+        started.elapsed()
+    );
+    assert!(worst > 0, "the sampling never saw the update happen");
+    // Completed once the last replacements have run for --update-monitor
+    // (5 s by default).
+    eventually(Duration::from_secs(10), "update status completed", || {
+        let v = n1.swarm(&["service", "inspect", "web"]).success().json();
+        (v[0]["UpdateStatus"]["State"] == "completed").then_some(())
+    });
+}
+
+#[test]
+fn a_failing_update_rolls_back_by_itself() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let bb1 = c.image("bb:1");
+    create_and_wait(
+        n1,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "2s",
+            "--update-max-failure-ratio",
+            "0",
+            &bb1,
+        ],
+    )
+    .success();
+
+    let started = std::time::Instant::now();
+    n1.swarm(&[
+        "service",
+        "update",
+        "--detach",
+        "--image",
+        &c.image("bb:no-such-tag"),
+        "web",
+    ])
+    .success();
+    let inspect = eventually(RUN_TIMEOUT, "rollback completed", || {
+        let v = n1.swarm(&["service", "inspect", "web"]).success().json();
+        (v[0]["UpdateStatus"]["State"] == "rollback_completed").then_some(v)
+    });
+    eprintln!("rolled back in {:?}: {}", started.elapsed(), inspect[0]["UpdateStatus"]);
+    assert_eq!(
+        inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        bb1.as_str(),
+        "{inspect}"
+    );
+    eventually(Duration::from_secs(30), "3 replicas of bb:1 running", || {
+        let tasks = service_ps(n1, "web");
+        let r = running(&tasks);
+        (running_counts(&tasks)?.iter().sum::<usize>() == 3
+            && r.iter().all(|t| t["Image"] == bb1.as_str()))
+        .then_some(())
+    });
+    let tasks = service_ps(n1, "web");
+    assert!(
+        tasks.iter().any(|t| state(t) == "rejected"),
+        "the new image was tried: {tasks:#?}"
+    );
+}
+
+#[test]
+fn tasks_of_a_killed_worker_run_elsewhere_within_10s() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    create_and_wait(n1, &["--name", "web", "--replicas", "6", &c.image("bb:1")]).success();
+    let n3 = node_id(n1, 3);
+    let on_n3 = running(&service_ps(n1, "web"))
+        .iter()
+        .filter(|t| t["NodeID"] == n3.as_str())
+        .count();
+    assert_eq!(on_n3, 2, "spread before the kill");
+
+    c.node(3).kill9();
+    let killed = std::time::Instant::now();
+    eventually(Duration::from_secs(10), "6 replicas running on nodes 1 and 2", || {
+        let tasks = service_ps(n1, "web");
+        let r = running(&tasks);
+        (r.len() == 6 && r.iter().all(|t| t["NodeID"] != n3.as_str())).then_some(())
+    });
+    eprintln!("tasks moved {:?} after the kill", killed.elapsed());
+    let ls = node_ls(n1).expect("node ls");
+    let down = ls.iter().find(|v| hostname_of(v) == "node-3").map(state_of);
+    assert_eq!(down.as_deref(), Some("down"));
+}
+
+#[test]
+fn draining_a_node_moves_its_tasks() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    create_and_wait(n1, &["--name", "web", "--replicas", "4", &c.image("bb:1")]).success();
+    let n2 = node_id(n1, 2);
+    let started = std::time::Instant::now();
+    n1.swarm(&["node", "update", "--availability", "drain", "node-2"])
+        .success();
+    eventually(RUN_TIMEOUT, "4 running, none meant to run on node-2", || {
+        let tasks = service_ps(n1, "web");
+        let on_n2 = tasks
+            .iter()
+            .filter(|t| desired_running(t) && t["NodeID"] == n2.as_str())
+            .count();
+        (on_n2 == 0 && running_counts(&tasks)? == [2, 2]).then_some(())
+    });
+    eprintln!("drained in {:?}", started.elapsed());
+    eventually(Duration::from_secs(30), "node-2's containers stopped", || {
+        live_containers(&c, 2).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_replicated_job_completes_once() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let started = std::time::Instant::now();
+    let out = create_and_wait(
+        n1,
+        &[
+            "--name",
+            "job",
+            "--mode",
+            "replicated-job",
+            "--replicas",
+            "3",
+            &c.image("bb:1"),
+            "sh",
+            "-c",
+            "exit 0",
+        ],
+    )
+    .success();
+    eprintln!("job done in {:?}: {}", started.elapsed(), out.stdout);
+    let complete = |tasks: &[Value]| tasks.iter().filter(|t| state(t) == "complete").count();
+    let tasks = eventually(Duration::from_secs(30), "3 tasks complete", || {
+        let tasks = service_ps(n1, "job");
+        (complete(&tasks) == 3).then_some(tasks)
+    });
+    assert_eq!(tasks.len(), 3, "{tasks:#?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let tasks = service_ps(n1, "job");
+    assert_eq!(
+        (tasks.len(), complete(&tasks)),
+        (3, 3),
+        "a completed job is not restarted: {tasks:#?}"
+    );
+}
+
+#[test]
+fn on_failure_restarts_wait_for_the_restart_delay() {
+    let c = cluster(1, Topology::Bridge);
+    form(&c, 1, 0);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 1);
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "crash",
+        "--restart-condition",
+        "on-failure",
+        "--restart-delay",
+        "2s",
+        &c.image("bb:1"),
+        "sh",
+        "-c",
+        "exit 1",
+    ])
+    .success();
+    // First failure, then watch: a restart every ~2 s, not a tight loop.
+    eventually(RUN_TIMEOUT, "the first task fails", || {
+        service_ps(n1, "crash")
+            .iter()
+            .any(|t| state(t) == "failed")
+            .then_some(())
+    });
+    let first = std::time::Instant::now();
+    let mut seen = std::collections::BTreeSet::new();
+    while first.elapsed() < Duration::from_secs(7) {
+        for t in service_ps(n1, "crash") {
+            seen.insert(t["ID"].as_str().unwrap_or_default().to_owned());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let tasks = service_ps(n1, "crash");
+    eprintln!("{} tasks seen in 7 s after the first failure", seen.len());
+    // The failed task plus one restart per 2 s (plus the time to fail).
+    assert!(
+        (3..=5).contains(&seen.len()),
+        "{} tasks in 7 s: {tasks:#?}",
+        seen.len()
+    );
+    assert!(
+        tasks
+            .iter()
+            .filter(|t| state(t) == "failed")
+            .all(|t| t["Status"]["Err"] == "task: non-zero exit (1)"),
+        "{tasks:#?}"
+    );
+}
+
+#[test]
+fn a_task_that_fits_no_node_stays_pending_with_dockers_reason() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "nowhere",
+        "--constraint",
+        "node.labels.zone==nowhere",
+        &c.image("bb:1"),
+    ])
+    .success();
+    let t = eventually(Duration::from_secs(10), "a pending task with a reason", || {
+        service_ps(n1, "nowhere")
+            .into_iter()
+            .find(|t| state(t) == "pending" && t["Status"]["Err"] != "")
+    });
+    let err = t["Status"]["Err"].as_str().unwrap_or_default();
+    assert!(
+        err.starts_with("no suitable node (scheduling constraints not satisfied on 3 nodes"),
+        "{t}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let tasks = service_ps(n1, "nowhere");
+    assert_eq!(tasks.len(), 1, "{tasks:#?}");
+    assert_eq!(state(&tasks[0]), "pending");
+    let table = n1.swarm(&["service", "ps", "nowhere"]).success();
+    assert!(table.stdout.contains("no suitable node"), "{}", table.stdout);
 }
