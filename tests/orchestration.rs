@@ -97,11 +97,9 @@ fn a_global_service_has_one_task_per_node_including_nodes_that_join_later() {
         || (placed_counts(&service_ps(n1, "agent"))? == [1, 1, 1]).then_some(()),
     );
     // And it runs there.
-    eventually(
-        RUN_TIMEOUT,
-        "one task running on each of 3 nodes",
-        || (running_counts(&service_ps(n1, "agent"))? == [1, 1, 1]).then_some(()),
-    );
+    eventually(RUN_TIMEOUT, "one task running on each of 3 nodes", || {
+        (running_counts(&service_ps(n1, "agent"))? == [1, 1, 1]).then_some(())
+    });
 }
 
 #[test]
@@ -236,7 +234,11 @@ fn create_waits_for_five_running_replicas_spread_2_2_1() {
     let out = create_and_wait(n1, &["--name", "web", "--replicas", "5", &image]).success();
     eprintln!("create converged in {:?}", started.elapsed());
     let text = format!("{}{}", out.stdout, out.stderr);
-    assert!(text.contains("overall progress: 5 out of 5 tasks"), "{text}");
+    eprintln!("{text}");
+    assert!(
+        text.contains("overall progress: 5 out of 5 tasks"),
+        "{text}"
+    );
     assert!(text.contains("1/5: running"), "{text}");
     assert!(text.contains("verify: Service converged"), "{text}");
     // The command returns once the tasks run, not before.
@@ -297,7 +299,15 @@ fn a_rolling_update_never_has_more_than_parallelism_replicas_down() {
             &REPLICAS.to_string(),
             "--update-parallelism",
             "2",
+            // Each stop takes the whole grace period (the command ignores
+            // SIGTERM), so every batch keeps its slots down for a second
+            // and the sampling sees each of them.
+            "--stop-grace-period",
+            "1s",
             &bb1,
+            "sh",
+            "-c",
+            "trap '' TERM; while true; do sleep 0.2; done",
         ],
     )
     .success();
@@ -331,7 +341,7 @@ fn a_rolling_update_never_has_more_than_parallelism_replicas_down() {
             started.elapsed() < RUN_TIMEOUT,
             "update not done: {tasks:#?}"
         );
-        std::thread::sleep(Duration::from_millis(150));
+        std::thread::sleep(Duration::from_millis(100));
     }
     eprintln!(
         "update done in {:?}; {samples} samples, at most {worst} replicas down",
@@ -383,19 +393,27 @@ fn a_failing_update_rolls_back_by_itself() {
         let v = n1.swarm(&["service", "inspect", "web"]).success().json();
         (v[0]["UpdateStatus"]["State"] == "rollback_completed").then_some(v)
     });
-    eprintln!("rolled back in {:?}: {}", started.elapsed(), inspect[0]["UpdateStatus"]);
+    eprintln!(
+        "rolled back in {:?}: {}",
+        started.elapsed(),
+        inspect[0]["UpdateStatus"]
+    );
     assert_eq!(
         inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
         bb1.as_str(),
         "{inspect}"
     );
-    eventually(Duration::from_secs(30), "3 replicas of bb:1 running", || {
-        let tasks = service_ps(n1, "web");
-        let r = running(&tasks);
-        (running_counts(&tasks)?.iter().sum::<usize>() == 3
-            && r.iter().all(|t| t["Image"] == bb1.as_str()))
-        .then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "3 replicas of bb:1 running",
+        || {
+            let tasks = service_ps(n1, "web");
+            let r = running(&tasks);
+            (running_counts(&tasks)?.iter().sum::<usize>() == 3
+                && r.iter().all(|t| t["Image"] == bb1.as_str()))
+            .then_some(())
+        },
+    );
     let tasks = service_ps(n1, "web");
     assert!(
         tasks.iter().any(|t| state(t) == "rejected"),
@@ -417,11 +435,15 @@ fn tasks_of_a_killed_worker_run_elsewhere_within_10s() {
 
     c.node(3).kill9();
     let killed = std::time::Instant::now();
-    eventually(Duration::from_secs(10), "6 replicas running on nodes 1 and 2", || {
-        let tasks = service_ps(n1, "web");
-        let r = running(&tasks);
-        (r.len() == 6 && r.iter().all(|t| t["NodeID"] != n3.as_str())).then_some(())
-    });
+    eventually(
+        Duration::from_secs(10),
+        "6 replicas running on nodes 1 and 2",
+        || {
+            let tasks = service_ps(n1, "web");
+            let r = running(&tasks);
+            (r.len() == 6 && r.iter().all(|t| t["NodeID"] != n3.as_str())).then_some(())
+        },
+    );
     eprintln!("tasks moved {:?} after the kill", killed.elapsed());
     let ls = node_ls(n1).expect("node ls");
     let down = ls.iter().find(|v| hostname_of(v) == "node-3").map(state_of);
@@ -437,18 +459,24 @@ fn draining_a_node_moves_its_tasks() {
     let started = std::time::Instant::now();
     n1.swarm(&["node", "update", "--availability", "drain", "node-2"])
         .success();
-    eventually(RUN_TIMEOUT, "4 running, none meant to run on node-2", || {
-        let tasks = service_ps(n1, "web");
-        let on_n2 = tasks
-            .iter()
-            .filter(|t| desired_running(t) && t["NodeID"] == n2.as_str())
-            .count();
-        (on_n2 == 0 && running_counts(&tasks)? == [2, 2]).then_some(())
-    });
+    eventually(
+        RUN_TIMEOUT,
+        "4 running, none meant to run on node-2",
+        || {
+            let tasks = service_ps(n1, "web");
+            let on_n2 = tasks
+                .iter()
+                .filter(|t| desired_running(t) && t["NodeID"] == n2.as_str())
+                .count();
+            (on_n2 == 0 && running_counts(&tasks)? == [2, 2]).then_some(())
+        },
+    );
     eprintln!("drained in {:?}", started.elapsed());
-    eventually(Duration::from_secs(30), "node-2's containers stopped", || {
-        live_containers(&c, 2).is_empty().then_some(())
-    });
+    eventually(
+        Duration::from_secs(30),
+        "node-2's containers stopped",
+        || live_containers(&c, 2).is_empty().then_some(()),
+    );
 }
 
 #[test]
@@ -557,11 +585,15 @@ fn a_task_that_fits_no_node_stays_pending_with_dockers_reason() {
         &c.image("bb:1"),
     ])
     .success();
-    let t = eventually(Duration::from_secs(10), "a pending task with a reason", || {
-        service_ps(n1, "nowhere")
-            .into_iter()
-            .find(|t| state(t) == "pending" && t["Status"]["Err"] != "")
-    });
+    let t = eventually(
+        Duration::from_secs(10),
+        "a pending task with a reason",
+        || {
+            service_ps(n1, "nowhere")
+                .into_iter()
+                .find(|t| state(t) == "pending" && t["Status"]["Err"] != "")
+        },
+    );
     let err = t["Status"]["Err"].as_str().unwrap_or_default();
     assert!(
         err.starts_with("no suitable node (scheduling constraints not satisfied on 3 nodes"),
@@ -572,5 +604,9 @@ fn a_task_that_fits_no_node_stays_pending_with_dockers_reason() {
     assert_eq!(tasks.len(), 1, "{tasks:#?}");
     assert_eq!(state(&tasks[0]), "pending");
     let table = n1.swarm(&["service", "ps", "nowhere"]).success();
-    assert!(table.stdout.contains("no suitable node"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("no suitable node"),
+        "{}",
+        table.stdout
+    );
 }
