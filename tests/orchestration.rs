@@ -142,6 +142,11 @@ fn a_new_leader_carries_on_orchestrating() {
         let by = running_by_node(&tasks);
         (!by.contains_key("") && by.values().sum::<usize>() == 6).then_some(())
     });
+    // And they run, node 1's replaced once it is marked down.
+    eventually(RUN_TIMEOUT, "6 tasks running", || {
+        let tasks = service_ps(n2, "web");
+        (running_counts(&tasks)?.iter().sum::<usize>() == 6).then_some(())
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -418,6 +423,41 @@ fn a_failing_update_rolls_back_by_itself() {
     assert!(
         tasks.iter().any(|t| state(t) == "rejected"),
         "the new image was tried: {tasks:#?}"
+    );
+
+    // Again with a command that fails at once: its task runs, then fails
+    // within the monitor period.
+    let first = inspect[0]["UpdateStatus"]["StartedAt"].clone();
+    n1.swarm(&[
+        "service",
+        "update",
+        "--detach",
+        "--args",
+        "sh -c 'exit 1'",
+        "web",
+    ])
+    .success();
+    let inspect = eventually(RUN_TIMEOUT, "second rollback completed", || {
+        let v = n1.swarm(&["service", "inspect", "web"]).success().json();
+        (v[0]["UpdateStatus"]["State"] == "rollback_completed"
+            && v[0]["UpdateStatus"]["StartedAt"] != first)
+            .then_some(v)
+    });
+    let cs = &inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert!(cs["Args"].is_null(), "args rolled back: {inspect}");
+    eventually(Duration::from_secs(30), "3 replicas running again", || {
+        (running_counts(&service_ps(n1, "web"))?
+            .iter()
+            .sum::<usize>()
+            == 3)
+            .then_some(())
+    });
+    let tasks = service_ps(n1, "web");
+    assert!(
+        tasks
+            .iter()
+            .any(|t| t["Status"]["Err"] == "task: non-zero exit (1)"),
+        "the failing command was tried: {tasks:#?}"
     );
 }
 
