@@ -488,6 +488,17 @@ fn tasks_of_a_killed_worker_run_elsewhere_within_10s() {
     let ls = node_ls(n1).expect("node ls");
     let down = ls.iter().find(|v| hostname_of(v) == "node-3").map(state_of);
     assert_eq!(down.as_deref(), Some("down"));
+
+    // Its containers kept running meanwhile; when its daemon comes back
+    // they are no longer assigned to it, and it stops them.
+    assert_eq!(live_containers(&c, 3).len(), 2, "orphans while it is down");
+    c.node(3).start();
+    wait_all_ready(n1, 3);
+    eventually(Duration::from_secs(30), "node-3 stops its orphans", || {
+        live_containers(&c, 3).is_empty().then_some(())
+    });
+    let tasks = service_ps(n1, "web");
+    assert_eq!(running(&tasks).len(), 6, "{tasks:#?}");
 }
 
 #[test]
