@@ -359,6 +359,50 @@ fn a_rolling_update_never_has_more_than_parallelism_replicas_down() {
         let v = n1.swarm(&["service", "inspect", "web"]).success().json();
         (v[0]["UpdateStatus"]["State"] == "completed").then_some(())
     });
+
+    // start-first: the replacement runs before the old task stops, so no
+    // replica is ever down.
+    n1.swarm(&[
+        "service",
+        "update",
+        "--detach",
+        "--update-order",
+        "start-first",
+        "--image",
+        &bb1,
+        "web",
+    ])
+    .success();
+    let started = std::time::Instant::now();
+    loop {
+        let tasks = service_ps(n1, "web");
+        let up: std::collections::BTreeSet<u64> = running(&tasks)
+            .iter()
+            .filter_map(|t| t["Slot"].as_u64())
+            .collect();
+        assert_eq!(
+            up.len(),
+            REPLICAS as usize,
+            "a replica down during a start-first update: {tasks:#?}"
+        );
+        let done = running(&tasks)
+            .iter()
+            .filter(|t| t["Image"] == bb1.as_str())
+            .count();
+        let stopping = tasks
+            .iter()
+            .filter(|t| !desired_running(t) && state(t) == "running")
+            .count();
+        if done == REPLICAS as usize && stopping == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < RUN_TIMEOUT,
+            "start-first update not done: {tasks:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("start-first update done in {:?}", started.elapsed());
 }
 
 #[test]
@@ -428,15 +472,15 @@ fn a_failing_update_rolls_back_by_itself() {
     // Again with a command that fails at once: its task runs, then fails
     // within the monitor period.
     let first = inspect[0]["UpdateStatus"]["StartedAt"].clone();
-    n1.swarm(&[
-        "service",
-        "update",
-        "--detach",
-        "--args",
-        "sh -c 'exit 1'",
-        "web",
-    ])
-    .success();
+    // Without --detach the command follows the update, sees the rollback
+    // and fails as docker's does.
+    let out = n1
+        .swarm_timeout(
+            &["service", "update", "--args", "sh -c 'exit 1'", "web"],
+            RUN_TIMEOUT,
+        )
+        .failure();
+    assert!(out.stderr.contains("service rolled back"), "{out}");
     let inspect = eventually(RUN_TIMEOUT, "second rollback completed", || {
         let v = n1.swarm(&["service", "inspect", "web"]).success().json();
         (v[0]["UpdateStatus"]["State"] == "rollback_completed"
