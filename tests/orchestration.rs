@@ -705,3 +705,175 @@ fn a_task_that_fits_no_node_stays_pending_with_dockers_reason() {
         table.stdout
     );
 }
+
+// ---------------------------------------------------------------------------
+// Beyond the list: the default failure action, manual rollback, per-node
+// limits, global services on drained nodes, containers killed behind the
+// worker's back.
+
+#[test]
+fn a_failing_update_pauses_by_default_and_service_rollback_restores_the_spec() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let bb1 = c.image("bb:1");
+    create_and_wait(n1, &["--name", "web", "--replicas", "3", &bb1]).success();
+
+    let out = n1
+        .swarm_timeout(
+            &[
+                "service",
+                "update",
+                "--image",
+                &c.image("bb:no-such-tag"),
+                "web",
+            ],
+            RUN_TIMEOUT,
+        )
+        .failure();
+    assert!(out.stderr.contains("service update paused"), "{out}");
+    let v = n1.swarm(&["service", "inspect", "web"]).success().json();
+    assert_eq!(v[0]["UpdateStatus"]["State"], "paused", "{v}");
+    let msg = v[0]["UpdateStatus"]["Message"].as_str().unwrap_or_default();
+    assert!(
+        msg.starts_with("update paused due to failure or early termination of task"),
+        "{v}"
+    );
+    // Paused: one slot tried the new image, the other two still run bb:1.
+    std::thread::sleep(Duration::from_secs(1));
+    let tasks = service_ps(n1, "web");
+    let old = running(&tasks)
+        .iter()
+        .filter(|t| t["Image"] == bb1.as_str())
+        .count();
+    assert_eq!(old, 2, "{tasks:#?}");
+
+    let started = std::time::Instant::now();
+    n1.swarm_timeout(&["service", "rollback", "web"], RUN_TIMEOUT)
+        .success();
+    eprintln!("rollback took {:?}", started.elapsed());
+    let v = n1.swarm(&["service", "inspect", "web"]).success().json();
+    assert_eq!(v[0]["UpdateStatus"]["State"], "rollback_completed", "{v}");
+    assert_eq!(
+        v[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"],
+        bb1.as_str()
+    );
+    let tasks = service_ps(n1, "web");
+    assert_eq!(
+        running_counts(&tasks).map(|c| c.iter().sum::<usize>()),
+        Some(3)
+    );
+    assert!(running(&tasks).iter().all(|t| t["Image"] == bb1.as_str()));
+}
+
+#[test]
+fn replicas_max_per_node_leaves_the_rest_pending() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "5",
+        "--replicas-max-per-node",
+        "1",
+        &c.image("bb:1"),
+    ])
+    .success();
+    let tasks = eventually(RUN_TIMEOUT, "3 running, 2 pending", || {
+        let tasks = service_ps(n1, "web");
+        let pending = tasks.iter().filter(|t| state(t) == "pending").count();
+        (running(&tasks).len() == 3 && pending == 2).then_some(tasks)
+    });
+    let mut nodes: Vec<&str> = running(&tasks)
+        .iter()
+        .filter_map(|t| t["NodeID"].as_str())
+        .collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    assert_eq!(nodes.len(), 3, "one per node: {tasks:#?}");
+    let p = tasks
+        .iter()
+        .find(|t| state(t) == "pending")
+        .expect("a pending task");
+    assert_eq!(
+        p["Status"]["Err"], "no suitable node (max replicas per node limit exceed)",
+        "{p}"
+    );
+}
+
+#[test]
+fn a_drained_node_loses_its_global_task_and_gets_it_back_when_active() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    create_and_wait(
+        n1,
+        &["--name", "agent", "--mode", "global", &c.image("bb:1")],
+    )
+    .success();
+    let n2 = node_id(n1, 2);
+    n1.swarm(&["node", "update", "--availability", "drain", "node-2"])
+        .success();
+    eventually(Duration::from_secs(30), "no global task on node-2", || {
+        let tasks = service_ps(n1, "agent");
+        let on_n2 = tasks
+            .iter()
+            .any(|t| desired_running(t) && t["NodeID"] == n2.as_str());
+        (!on_n2 && running_counts(&tasks)? == [1, 1] && live_containers(&c, 2).is_empty())
+            .then_some(())
+    });
+    n1.swarm(&["node", "update", "--availability", "active", "node-2"])
+        .success();
+    eventually(
+        Duration::from_secs(30),
+        "a global task on node-2 again",
+        || {
+            let tasks = service_ps(n1, "agent");
+            let on_n2 = running(&tasks).iter().any(|t| t["NodeID"] == n2.as_str());
+            (on_n2 && running_counts(&tasks)? == [1, 1, 1]).then_some(())
+        },
+    );
+}
+
+#[test]
+fn a_container_killed_behind_the_workers_back_is_restarted_after_the_delay() {
+    let c = cluster(1, Topology::Bridge);
+    form(&c, 1, 0);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 1);
+    create_and_wait(
+        n1,
+        &["--name", "web", "--restart-delay", "1s", &c.image("bb:1")],
+    )
+    .success();
+    let before = running(&service_ps(n1, "web"))[0]["ID"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let procs = std::path::Path::new(swarm_harness::cleanup::CGROUP_ROOT)
+        .join("pids")
+        .join(format!("{}n1", c.cgroup_prefix()))
+        .join(&before)
+        .join("cgroup.procs");
+    let pids = std::fs::read_to_string(&procs).expect("container cgroup");
+    for pid in pids.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        // SAFETY: kill(2) on a pid we just read; no memory is involved.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let killed = std::time::Instant::now();
+    let tasks = eventually(Duration::from_secs(30), "a new task running", || {
+        let tasks = service_ps(n1, "web");
+        let r = running(&tasks);
+        (r.len() == 1 && r[0]["ID"] != before.as_str()).then_some(tasks)
+    });
+    eprintln!("replaced {:?} after the kill", killed.elapsed());
+    assert!(killed.elapsed() >= Duration::from_secs(1), "restart delay");
+    let old = tasks
+        .iter()
+        .find(|t| t["ID"] == before.as_str())
+        .expect("the killed task in the history");
+    assert_eq!(state(old), "failed", "{old}");
+    assert_eq!(old["Status"]["Err"], "task: non-zero exit (137)", "{old}");
+}
