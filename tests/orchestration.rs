@@ -877,3 +877,142 @@ fn a_container_killed_behind_the_workers_back_is_restarted_after_the_delay() {
     assert_eq!(state(old), "failed", "{old}");
     assert_eq!(old["Status"]["Err"], "task: non-zero exit (137)", "{old}");
 }
+
+#[test]
+fn restart_max_attempts_and_condition_none_bound_restarts() {
+    let c = cluster(1, Topology::Bridge);
+    form(&c, 1, 0);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 1);
+    let image = c.image("bb:1");
+    for (name, extra) in [
+        ("twice", vec!["--restart-max-attempts", "2"]),
+        ("never", vec!["--restart-condition", "none"]),
+    ] {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--restart-delay",
+            "200ms",
+        ];
+        args.extend(extra);
+        args.extend([image.as_str(), "sh", "-c", "exit 2"]);
+        n1.swarm(&args).success();
+    }
+    let failed = |name: &str| {
+        service_ps(n1, name)
+            .iter()
+            .filter(|t| state(t) == "failed")
+            .count()
+    };
+    eventually(RUN_TIMEOUT, "3 failed tasks (1 + 2 attempts)", || {
+        (failed("twice") == 3).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let twice = service_ps(n1, "twice");
+    let never = service_ps(n1, "never");
+    assert_eq!(twice.len(), 3, "{twice:#?}");
+    assert_eq!((never.len(), failed("never")), (1, 1), "{never:#?}");
+}
+
+#[test]
+fn force_update_runs_a_job_again() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    create_and_wait(
+        n1,
+        &[
+            "--name",
+            "job",
+            "--mode",
+            "replicated-job",
+            "--replicas",
+            "2",
+            &c.image("bb:1"),
+            "sh",
+            "-c",
+            "exit 0",
+        ],
+    )
+    .success();
+    let complete = |tasks: &[Value]| tasks.iter().filter(|t| state(t) == "complete").count();
+    eventually(Duration::from_secs(30), "2 complete", || {
+        (complete(&service_ps(n1, "job")) == 2).then_some(())
+    });
+    n1.swarm_timeout(&["service", "update", "--force", "job"], RUN_TIMEOUT)
+        .success();
+    let tasks = eventually(Duration::from_secs(30), "4 complete", || {
+        let t = service_ps(n1, "job");
+        (complete(&t) == 4).then_some(t)
+    });
+    assert_eq!(tasks.len(), 4, "{tasks:#?}");
+}
+
+#[test]
+fn a_global_service_rolls_out_an_update_node_by_node() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let bb2 = c.image("bb:2");
+    create_and_wait(
+        n1,
+        &["--name", "agent", "--mode", "global", &c.image("bb:1")],
+    )
+    .success();
+    n1.swarm_timeout(
+        &["service", "update", "--image", &bb2, "agent"],
+        RUN_TIMEOUT,
+    )
+    .success();
+    let tasks = service_ps(n1, "agent");
+    assert_eq!(running_counts(&tasks), Some(vec![1, 1, 1]), "{tasks:#?}");
+    assert!(running(&tasks).iter().all(|t| t["Image"] == bb2.as_str()));
+}
+
+#[test]
+fn a_rolling_update_survives_a_leader_change() {
+    let c = cluster(3, Topology::Bridge);
+    form(&c, 3, 0);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 3);
+    let bb2 = c.image("bb:2");
+    create_and_wait(
+        n1,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--update-delay",
+            "1s",
+            &c.image("bb:1"),
+        ],
+    )
+    .success();
+    n1.swarm(&["service", "update", "--detach", "--image", &bb2, "web"])
+        .success();
+    // Wait until the update is under way, then stop the leader.
+    eventually(Duration::from_secs(20), "one replica updated", || {
+        running(&service_ps(n1, "web"))
+            .iter()
+            .any(|t| t["Image"] == bb2.as_str())
+            .then_some(())
+    });
+    n1.stop();
+    let n2 = c.node(2);
+    eventually(RUN_TIMEOUT, "update completed by the new leader", || {
+        let out = n2.swarm(&["service", "inspect", "web"]);
+        if !out.ok() {
+            return None;
+        }
+        let v = out.json();
+        let tasks = service_ps(n2, "web");
+        let new = running(&tasks)
+            .iter()
+            .filter(|t| t["Image"] == bb2.as_str())
+            .count();
+        (v[0]["UpdateStatus"]["State"] == "completed" && new == 6).then_some(())
+    });
+}
