@@ -330,6 +330,7 @@ impl ControlLoop for ManagerServer {
             .add_service(logbroker.logs_server())
             .add_service(logbroker.broker_server())
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
+        let server = drain_then_stop(server, shutdown.clone());
         tokio::pin!(server);
         // A leader loop that ends before shutdown is fatal for the manager,
         // as for any control loop.
@@ -358,10 +359,61 @@ impl ControlLoop for ManagerServer {
     }
 }
 
+/// How long the cluster port keeps serving calls in flight after shutdown.
+pub const DRAIN: Duration = Duration::from_secs(1);
+
+/// Runs `serve` until it ends, or until [`DRAIN`] after `shutdown`. A
+/// graceful server shutdown waits for every open stream, and the long-lived
+/// ones other nodes hold (sessions, assignments, log subscriptions) end only
+/// when their server is dropped: waiting for them would hold the daemon's
+/// shutdown until its deadline. Dropped, their connections close and those
+/// nodes move on to another manager at once.
+async fn drain_then_stop<E>(
+    serve: impl std::future::Future<Output = Result<(), E>>,
+    shutdown: CancellationToken,
+) -> Result<(), E> {
+    tokio::select! {
+        r = serve => r,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(DRAIN).await;
+        } => {
+            tracing::debug!("cluster port: streams still open after the drain period; closing them");
+            Ok(())
+        }
+    }
+}
+
 async fn run_named<L: ControlLoop>(
     l: L,
     shutdown: CancellationToken,
 ) -> (&'static str, Result<(), LoopError>) {
     let name = l.name();
     (name, l.run(shutdown).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cluster_port_stops_a_drain_period_after_shutdown_even_with_streams_open() {
+        let shutdown = CancellationToken::new();
+        let never_drains = std::future::pending::<Result<(), ()>>();
+        let stop = shutdown.clone();
+        let started = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            stop.cancel();
+        });
+        assert_eq!(drain_then_stop(never_drains, shutdown).await, Ok(()));
+        assert_eq!(started.elapsed(), Duration::from_secs(3) + DRAIN);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_ends_by_itself_gives_its_result() {
+        let shutdown = CancellationToken::new();
+        let fails = async { Err::<(), _>("bind failed") };
+        assert_eq!(drain_then_stop(fails, shutdown).await, Err("bind failed"));
+    }
 }
