@@ -1000,7 +1000,15 @@ fn a_rolling_update_survives_a_leader_change() {
             .any(|t| t["Image"] == bb2.as_str())
             .then_some(())
     });
+    let stopped = std::time::Instant::now();
     n1.stop();
+    eprintln!("leader stopped in {:?}", stopped.elapsed());
+    // Other nodes' sessions with it do not hold its shutdown.
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the leader took {:?} to stop",
+        stopped.elapsed()
+    );
     let n2 = c.node(2);
     eventually(RUN_TIMEOUT, "update completed by the new leader", || {
         let out = n2.swarm(&["service", "inspect", "web"]);
@@ -1015,4 +1023,8 @@ fn a_rolling_update_survives_a_leader_change() {
             .count();
         (v[0]["UpdateStatus"]["State"] == "completed" && new == 6).then_some(())
     });
+    eprintln!(
+        "update completed {:?} after the leader stopped",
+        stopped.elapsed()
+    );
 }
