@@ -199,16 +199,19 @@ impl Tracker {
             Some(Mode::ReplicatedJob(j)) => Self::replicated_job(svc, &tasks, j),
             Some(Mode::GlobalJob(_)) => Self::global_job(svc, &tasks),
         };
-        if let Some(reason) = self.task_failure(svc, &tasks, now) {
+        let updating = svc.update_status.as_ref().is_some_and(|u| {
+            u.state == pb::UpdateState::Updating as i32
+                || u.state == pb::UpdateState::RollbackStarted as i32
+        });
+        // During a rolling update a failed task is the update supervisor's
+        // to judge (--update-failure-action, --update-max-failure-ratio):
+        // its verdict, a pause or a rollback, ends the wait above.
+        if !updating && let Some(reason) = self.task_failure(svc, &tasks, now) {
             return Frame {
                 lines,
                 outcome: Outcome::Failed(reason),
             };
         }
-        let updating = svc.update_status.as_ref().is_some_and(|u| {
-            u.state == pb::UpdateState::Updating as i32
-                || u.state == pb::UpdateState::RollbackStarted as i32
-        });
         if !done || updating {
             self.stable_since = None;
             return Frame {
@@ -808,6 +811,43 @@ mod tests {
         tr.observe(snap(&s, &placed, &[]), Duration::from_secs(100));
         let f = tr.observe(snap(&s, &tasks, &[]), Duration::from_secs(200));
         assert_eq!(f.outcome, Outcome::Waiting);
+    }
+
+    #[test]
+    fn a_failed_task_during_an_update_waits_for_the_update_supervisor() {
+        let mut s = replicated(1);
+        s.update_status = Some(pb::UpdateStatus {
+            state: pb::UpdateState::Updating as i32,
+            ..Default::default()
+        });
+        let mut tr = Tracker::new(&s, false);
+        let mut t = task("t1", 1, "n1", pb::TaskState::Failed, 101);
+        t.status.as_mut().unwrap().err = "task: non-zero exit (1)".into();
+        let tasks = [t];
+        let f = tr.observe(snap(&s, &tasks, &[]), Duration::ZERO);
+        assert_eq!(f.lines[1], "1/1: task: non-zero exit (1)");
+        assert_eq!(f.outcome, Outcome::Waiting);
+        // The supervisor rolls back (--update-failure-action rollback): the
+        // wait ends with its verdict.
+        let u = s.update_status.as_mut().unwrap();
+        u.state = pb::UpdateState::RollbackStarted as i32;
+        assert_eq!(
+            tr.observe(snap(&s, &tasks, &[]), Duration::from_secs(1))
+                .outcome,
+            Outcome::Waiting
+        );
+        let u = s.update_status.as_mut().unwrap();
+        u.state = pb::UpdateState::RollbackCompleted as i32;
+        u.message = "rollback completed".into();
+        let f = tr.observe(snap(&s, &tasks, &[]), Duration::from_secs(2));
+        assert_eq!(
+            f.outcome,
+            Outcome::Failed("service rolled back: rollback completed".into())
+        );
+        // Once the update is over, a failure of its tasks fails the wait.
+        s.update_status.as_mut().unwrap().state = pb::UpdateState::Completed as i32;
+        let f = tr.observe(snap(&s, &tasks, &[]), Duration::from_secs(3));
+        assert!(matches!(f.outcome, Outcome::Failed(w) if w.contains("task web.1 failed")));
     }
 
     #[test]
