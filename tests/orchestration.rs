@@ -704,6 +704,68 @@ fn a_task_that_fits_no_node_stays_pending_with_dockers_reason() {
         "{}",
         table.stdout
     );
+
+    // A node that gets the label takes the task.
+    n1.swarm(&["node", "update", "--label-add", "zone=nowhere", "node-3"])
+        .success();
+    let n3 = node_id(n1, 3);
+    eventually(RUN_TIMEOUT, "the task runs on node-3", || {
+        let tasks = service_ps(n1, "nowhere");
+        let r = running(&tasks);
+        (r.len() == 1 && r[0]["NodeID"] == n3.as_str()).then_some(())
+    });
+}
+
+#[test]
+fn scaling_down_during_a_rolling_update_finishes_with_the_new_count() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    let bb2 = c.image("bb:2");
+    create_and_wait(
+        n1,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "6",
+            "--stop-grace-period",
+            "1s",
+            &c.image("bb:1"),
+            "sh",
+            "-c",
+            "trap '' TERM; while true; do sleep 0.2; done",
+        ],
+    )
+    .success();
+    n1.swarm(&["service", "update", "--detach", "--image", &bb2, "web"])
+        .success();
+    eventually(Duration::from_secs(20), "the update under way", || {
+        service_ps(n1, "web")
+            .iter()
+            .any(|t| t["Image"] == bb2.as_str())
+            .then_some(())
+    });
+    n1.swarm(&["service", "scale", "--detach", "web=3"])
+        .success();
+    let started = std::time::Instant::now();
+    eventually(
+        RUN_TIMEOUT,
+        "3 replicas of bb:2 and the update done",
+        || {
+            let v = n1.swarm(&["service", "inspect", "web"]).success().json();
+            let tasks = service_ps(n1, "web");
+            let r = running(&tasks);
+            (v[0]["UpdateStatus"]["State"] == "completed"
+                && running_counts(&tasks)?.iter().sum::<usize>() == 3
+                && r.iter().all(|t| t["Image"] == bb2.as_str()))
+            .then_some(())
+        },
+    );
+    eprintln!("scaled and updated {:?} after the scale", started.elapsed());
+    eventually(Duration::from_secs(30), "3 containers left", || {
+        let live: usize = (1..=3).map(|i| live_containers(&c, i).len()).sum();
+        (live == 3).then_some(())
+    });
 }
 
 // ---------------------------------------------------------------------------
