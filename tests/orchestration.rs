@@ -1090,3 +1090,25 @@ fn a_rolling_update_survives_a_leader_change() {
         stopped.elapsed()
     );
 }
+
+#[test]
+fn a_worker_that_leaves_hands_its_tasks_over() {
+    let c = three_nodes();
+    let n1 = c.node(1);
+    create_and_wait(n1, &["--name", "web", "--replicas", "6", &c.image("bb:1")]).success();
+    let n3 = node_id(n1, 3);
+    let started = std::time::Instant::now();
+    c.node(3).swarm(&["leave"]).success();
+    eventually(RUN_TIMEOUT, "6 replicas running on nodes 1 and 2", || {
+        let tasks = service_ps(n1, "web");
+        let r = running(&tasks);
+        (running_counts(&tasks)?.iter().sum::<usize>() == 6
+            && r.iter().all(|t| t["NodeID"] != n3.as_str()))
+        .then_some(())
+    });
+    eprintln!("moved {:?} after the leave", started.elapsed());
+    assert!(
+        live_containers(&c, 3).is_empty(),
+        "leave removes its containers"
+    );
+}
