@@ -8,6 +8,7 @@ mod dataplane;
 mod image;
 mod info;
 mod json;
+mod network;
 mod node;
 mod output;
 mod service;
@@ -76,6 +77,9 @@ pub enum Command {
     /// Manage the swarm's services (run on a manager).
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Manage the swarm's overlay networks (run on a manager).
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -324,6 +328,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Info(fmt) => info::run(&Client::connect(&cli.host).await?, fmt.format).await,
         Command::Node(cmd) => node::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Service(cmd) => service::run(&Client::connect(&cli.host).await?, &cmd).await,
+        Command::Network(cmd) => network::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
         Command::RuntimeHelper(_) => {
             anyhow::bail!("runtime-helper must run before the async runtime starts (see main.rs)")
