@@ -10,7 +10,41 @@ use swarm_harness::{Cluster, Node, Topology};
 /// Every node reports its harness name as hostname, so `node ls` and node
 /// references are readable.
 pub fn hostname_args(i: usize) -> Vec<String> {
-    vec!["--hostname".into(), format!("node-{i}")]
+    vec![
+        "--hostname".into(),
+        format!("node-{i}"),
+        "--insecure-registry".into(),
+        registry(),
+    ]
+}
+
+/// The cluster's test registry (plain HTTP), which every node may pull
+/// from: see [`Cluster::image`].
+pub fn registry() -> String {
+    use swarm_harness::cluster::{NET_A, REGISTRY_PORT};
+    format!("{}.{}.{}.1:{REGISTRY_PORT}", NET_A[0], NET_A[1], NET_A[2])
+}
+
+/// `service ps SERVICE --format json`, one value per task.
+pub fn service_ps(n: &Node, service: &str) -> Vec<Value> {
+    match n
+        .swarm(&["service", "ps", service, "--format", "json"])
+        .success()
+        .json()
+    {
+        Value::Array(tasks) => tasks,
+        other => panic!("service ps printed {other}"),
+    }
+}
+
+/// Tasks that are meant to run (desired state running), by node ID.
+pub fn running_by_node(tasks: &[Value]) -> std::collections::BTreeMap<String, usize> {
+    let mut by = std::collections::BTreeMap::new();
+    for t in tasks.iter().filter(|t| t["DesiredState"] == "running") {
+        *by.entry(t["NodeID"].as_str().unwrap_or("").to_owned())
+            .or_insert(0) += 1;
+    }
+    by
 }
 
 pub fn cluster(nodes: usize, topology: Topology) -> Cluster {

@@ -11,6 +11,11 @@
 //!   docker's Raft timing.
 //! - [`raft`]: Raft write throughput and latency on 3 in-process managers
 //!   in network namespaces over mutual TLS; baseline is one manager.
+//! - [`scale`]: simulated nodes (`swarm simulate`) joining a 3-manager
+//!   swarm, the leader's heartbeat CPU, placement throughput, memory per
+//!   task; baselines are the idle leader and the in-process scheduler.
+//! - [`services`]: service create, scale, rolling update and removal with
+//!   real containers on 3 nodes; baseline is the fake executor.
 //!
 //! Benchmarks are not tests: they never run in `scripts/test.sh` (only the
 //! unit tests of the helpers here do). Everything they create (namespaces,
@@ -20,5 +25,7 @@
 pub mod failover;
 pub mod raft;
 pub mod report;
+pub mod scale;
+pub mod services;
 pub mod stats;
 pub mod stop;

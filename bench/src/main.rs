@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarm_bench::{failover, raft, report::Report, stop};
+use swarm_bench::{failover, raft, report::Report, scale, services, stop};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,6 +56,24 @@ enum Bench {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// Service convergence with real containers on 3 nodes (create 10 and
+    /// 100, scale 100 → 200, rolling update, removal); baseline the fake
+    /// executor.
+    Services,
+    /// Simulated nodes on a 3-manager swarm: join time, heartbeat CPU,
+    /// placement throughput, manager memory per task.
+    Scale {
+        /// Node counts to reach, comma-separated (default 1000,10000;
+        /// --quick 200).
+        #[arg(long, value_delimiter = ',')]
+        nodes: Option<Vec<usize>>,
+        /// Replicas of the placement service (default 100000, --quick 5000).
+        #[arg(long)]
+        tasks: Option<usize>,
+        /// Seconds per CPU window (default 10, --quick 3).
+        #[arg(long)]
+        window: Option<f64>,
+    },
 }
 
 fn default_out() -> anyhow::Result<PathBuf> {
@@ -99,7 +117,27 @@ fn main() -> anyhow::Result<()> {
         Bench::All => {
             finish(&failover::run(&failover_opts(None, None), quick)?, &out)?;
             finish(&raft::run(&raft_opts(None, None, None), quick)?, &out)?;
+            finish(
+                &services::run(&services::ServicesOpts::new(quick), quick)?,
+                &out,
+            )?;
+            finish(
+                &scale::run(&scale::ScaleOpts::new(quick, None, None, None), quick)?,
+                &out,
+            )?;
         }
+        Bench::Services => finish(
+            &services::run(&services::ServicesOpts::new(quick), quick)?,
+            &out,
+        )?,
+        Bench::Scale {
+            nodes,
+            tasks,
+            window,
+        } => finish(
+            &scale::run(&scale::ScaleOpts::new(quick, nodes, tasks, window), quick)?,
+            &out,
+        )?,
         Bench::Failover {
             trials,
             baseline_trials,

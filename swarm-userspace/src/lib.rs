@@ -29,6 +29,7 @@ pub mod orchestrator;
 pub mod raft;
 pub mod runtime;
 pub mod scheduler;
+pub mod simulation;
 pub mod store;
 pub mod supervisor;
 pub mod version;

@@ -86,10 +86,38 @@ pub enum Command {
     /// Manage the images on this node.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// For benchmarks: run many simulated worker nodes in this process
+    /// (real sessions with the swarm, fake containers).
+    #[command(hide = true)]
+    Simulate(SimulateArgs),
     /// Internal: the container runtime's helper processes (run by the
     /// daemon, never by users).
     #[command(subcommand, hide = true)]
     RuntimeHelper(crate::runtime::helper::HelperCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// A worker join token.
+    #[arg(long)]
+    pub token: String,
+    /// How many nodes to simulate.
+    #[arg(long, default_value_t = 100)]
+    pub nodes: usize,
+    /// Hostnames are PREFIX-<n>.
+    #[arg(long, default_value = "sim")]
+    pub hostname_prefix: String,
+    /// Joins in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub join_concurrency: usize,
+    /// CPUs each simulated node reports.
+    #[arg(long, default_value_t = 8)]
+    pub cpus: i64,
+    /// Memory each simulated node reports, in GiB.
+    #[arg(long, default_value_t = 32)]
+    pub memory_gib: i64,
+    /// A manager's cluster address (HOST:PORT).
+    pub manager: std::net::SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -330,10 +358,52 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Service(cmd) => service::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Network(cmd) => network::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
+        Command::Simulate(args) => simulate(args).await,
         Command::RuntimeHelper(_) => {
             anyhow::bail!("runtime-helper must run before the async runtime starts (see main.rs)")
         }
     }
+}
+
+/// Runs simulated nodes until SIGINT or SIGTERM; prints one line when they
+/// have all joined.
+async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let limit = crate::daemon::raise_open_files_limit()?;
+    if u64::try_from(args.nodes).unwrap_or(u64::MAX) * 2 > limit {
+        anyhow::bail!(
+            "{} nodes need about {} open files; this process may have {limit}: raise the hard limit (ulimit -Hn)",
+            args.nodes,
+            args.nodes * 2
+        );
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        stop.cancel();
+    });
+    let nodes = args.nodes;
+    crate::simulation::run(
+        crate::simulation::SimulationConfig {
+            manager: args.manager,
+            token: args.token,
+            count: args.nodes,
+            hostname_prefix: args.hostname_prefix,
+            join_concurrency: args.join_concurrency,
+            nano_cpus: args.cpus.saturating_mul(1_000_000_000),
+            memory_bytes: args.memory_gib.saturating_mul(1 << 30),
+        },
+        shutdown,
+        |took| println!("joined {nodes} nodes in {:.3} s", took.as_secs_f64()),
+    )
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -116,6 +116,10 @@ async fn termination() -> Result<impl std::future::Future<Output = ()>, DaemonEr
 /// Runs a node until it is told to stop or a part of it fails.
 pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     let _lock = lock_data_root(&config.data_root)?;
+    match raise_open_files_limit() {
+        Ok(n) => tracing::debug!(limit = n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
+    }
     tracing::info!(
         version = crate::version::VERSION,
         commit = crate::version::GIT_COMMIT,
@@ -166,6 +170,18 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     drop(dataplane);
     tracing::info!("swarm daemon stopped");
     res.map_err(Into::into)
+}
+
+/// Raises this process's open-file limit to its hard limit: a manager
+/// holding thousands of node sessions, or a process simulating them, needs
+/// one descriptor per connection. Returns the new soft limit.
+pub fn raise_open_files_limit() -> Result<u64, nix::Error> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+    }
+    Ok(hard)
 }
 
 /// The node's executor. The libcontainer one makes this process a child

@@ -21,11 +21,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+pub mod router;
+
 use crate::{
     ca::{self, NodeIdentity},
     manager::{Manager, caserver::manager_addrs},
-    store::{WatchItem, WriteTx, new_id},
+    store::{WriteTx, new_id},
 };
+use router::{Routed, Router};
 
 /// Default heartbeat period: a dead node is marked down within
 /// `period × MISSED_HEARTBEATS` plus one check, about 4 s (docker: 15 s).
@@ -49,6 +52,16 @@ pub struct Dispatcher {
     /// When this manager last became leader: nodes get a grace period
     /// from then to reconnect before they are marked down.
     leader_since: Arc<Mutex<Option<Instant>>>,
+    router: Router,
+    /// The manager list of the last session message, by store version and
+    /// leader: thousands of sessions refreshing at once compute it once.
+    managers: Arc<Mutex<Option<ManagersAt>>>,
+}
+
+struct ManagersAt {
+    version: u64,
+    leader: Option<String>,
+    addrs: Vec<String>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -77,7 +90,28 @@ impl Dispatcher {
             m,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             leader_since: Arc::new(Mutex::new(None)),
+            router: Router::default(),
+            managers: Arc::new(Mutex::new(None)),
         }
+    }
+
+    fn managers(&self) -> Vec<String> {
+        let version = self.m.store.version();
+        let leader = self.m.proposer.leader_addr();
+        let mut cache = self.managers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cache.as_ref()
+            && c.version == version
+            && c.leader == leader
+        {
+            return c.addrs.clone();
+        }
+        let addrs = manager_addrs(&self.m);
+        *cache = Some(ManagersAt {
+            version,
+            leader,
+            addrs: addrs.clone(),
+        });
+        addrs
     }
 
     pub fn into_server(self) -> dispatcher_server::DispatcherServer<Self> {
@@ -175,7 +209,7 @@ impl Dispatcher {
                 .view()
                 .get::<pb::Node>(node_id)
                 .map(|n| (*n).clone()),
-            managers: manager_addrs(&self.m),
+            managers: self.managers(),
             heartbeat_period_ms: millis(heartbeat_period(&self.m)),
         }
     }
@@ -183,6 +217,16 @@ impl Dispatcher {
     /// The leader's periodic duties: mark silent nodes down, keep manager
     /// status current. Runs on every manager, acts only while leader.
     pub async fn run_leader_duties(self, shutdown: CancellationToken) {
+        let routing = tokio::spawn(
+            self.router
+                .clone()
+                .run(self.m.store.clone(), shutdown.clone()),
+        );
+        self.leader_duties(shutdown).await;
+        let _ = routing.await;
+    }
+
+    async fn leader_duties(&self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -263,22 +307,16 @@ impl Dispatcher {
         if updates.is_empty() {
             return Ok(());
         }
-        let actions = self
-            .m
-            .store
-            .prepare(|tx: &mut WriteTx| {
+        self.m
+            .update(|tx: &mut WriteTx| {
                 for n in updates {
                     tx.update(n)?;
                 }
                 Ok::<(), crate::store::StoreError>(())
             })
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.m
-            .proposer
-            .propose(actions)
             .await
             .map(|_| ())
-            .map_err(crate::manager::caserver::propose_status)
+            .map_err(update_status)
     }
 }
 
@@ -332,19 +370,27 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let first = self.session_message(&who.node_id, &session_id);
         let this = self.clone();
         let node_id = who.node_id.clone();
+        let (_, mut sub) = self.router.subscribe(&self.m.store, &who.node_id);
         tokio::spawn(async move {
             let mut last = first.clone();
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
-            let (_, mut watch) = this.m.store.watch();
+            // Leadership is checked at least this often even when nothing
+            // concerns this node.
+            let mut check = tokio::time::interval(Duration::from_secs(2));
+            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
                     () = stop.cancelled() => return,
                     () = tx.closed() => return,
-                    item = watch.recv() => {
-                        if item.is_none() { return; }
-                    }
+                    _ = check.tick() => {}
+                    item = sub.rx.recv() => match item {
+                        None => return,
+                        // Task changes go out on the assignments stream.
+                        Some(Routed::Tasks { .. }) => continue,
+                        Some(Routed::Refresh | Routed::Resync(_)) => {}
+                    },
                 }
                 if !this.m.is_leader() {
                     let _ = tx.send(Err(this.not_leader())).await;
@@ -387,11 +433,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let who = self.caller(&req)?;
         self.check_session(&who.node_id, &req.get_ref().session_id)?;
         let (tx, rx) = mpsc::channel(16);
-        let store = self.m.store.clone();
         let node_id = who.node_id;
+        let (view, mut sub) = self.router.subscribe(&self.m.store, &node_id);
         tokio::spawn(async move {
-            let (view, watch) = store.watch();
-            let mut watch = watch.tasks_on_node(&node_id);
             let full = |view: &crate::store::ReadTx| pb::AssignmentsMessage {
                 r#type: pb::assignments_message::Type::Full as i32,
                 updated_tasks: view
@@ -404,10 +448,21 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             if tx.send(Ok(full(&view))).await.is_err() {
                 return;
             }
-            while let Some(item) = watch.recv().await {
+            let from = sub.from_version;
+            loop {
+                let item = tokio::select! {
+                    () = tx.closed() => return,
+                    item = sub.rx.recv() => match item {
+                        Some(i) => i,
+                        None => return,
+                    },
+                };
                 let msg = match item {
-                    WatchItem::Resync { view, .. } => full(&view),
-                    WatchItem::Commit { events, .. } => {
+                    Routed::Refresh => continue,
+                    // Already in the full set sent first.
+                    Routed::Tasks { version, .. } if version <= from => continue,
+                    Routed::Resync(view) => full(&view),
+                    Routed::Tasks { events, .. } => {
                         let mut m = pb::AssignmentsMessage {
                             r#type: pb::assignments_message::Type::Incremental as i32,
                             ..Default::default()
@@ -445,6 +500,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         }
         let who = self.caller(&req)?;
         self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        // Read, check and write under the write lock, so that the
+        // leader loops' batches and this one never conflict.
+        let _w = self.m.write_lock().await;
         let view = self.m.store.view();
         let mut tasks = Vec::new();
         for u in &req.get_ref().updates {
@@ -498,5 +556,12 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             .await
             .map_err(crate::manager::caserver::propose_status)?;
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+}
+
+fn update_status(e: crate::manager::UpdateError) -> Status {
+    match e {
+        crate::manager::UpdateError::Store(e) => Status::internal(e.to_string()),
+        crate::manager::UpdateError::Propose(e) => crate::manager::caserver::propose_status(e),
     }
 }

@@ -8,6 +8,7 @@
 pub mod caserver;
 pub mod channels;
 pub mod fsm;
+pub mod leader;
 pub mod proposer;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -92,6 +93,20 @@ pub struct Manager {
     pub channels: Arc<MtlsChannels>,
     pub identity: TlsIdentity,
     pub root: RootCert,
+    /// Serializes the leader's read-decide-propose writes (leader loops,
+    /// task status reports), as swarmkit's store update lock does: a batch
+    /// prepared under it applies without version conflicts from the
+    /// others.
+    writes: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Why [`Manager::update`] wrote nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Propose(#[from] ProposeError),
 }
 
 impl std::fmt::Debug for Manager {
@@ -149,6 +164,7 @@ impl Manager {
             channels,
             identity,
             root,
+            writes: Arc::new(tokio::sync::Mutex::new(())),
         };
         let server = ManagerServer {
             manager: manager.clone(),
@@ -161,6 +177,31 @@ impl Manager {
 
     pub fn is_leader(&self) -> bool {
         self.proposer.is_leader()
+    }
+
+    /// Holds off the other serialized writers (see [`Manager::update`])
+    /// while the caller reads a view, decides and proposes.
+    pub async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
+    }
+
+    /// Runs `f` on the current view and proposes what it wrote, with the
+    /// write lock held so that no other serialized writer's batch lands in
+    /// between. Returns the Raft index, or the store's version if `f` wrote
+    /// nothing.
+    pub async fn update<E>(
+        &self,
+        f: impl FnOnce(&mut crate::store::WriteTx) -> Result<(), E>,
+    ) -> Result<u64, UpdateError>
+    where
+        UpdateError: From<E>,
+    {
+        let _w = self.write_lock().await;
+        let actions = self.store.prepare(f)?;
+        if actions.is_empty() {
+            return Ok(self.store.version());
+        }
+        Ok(self.proposer.propose(actions).await?)
     }
 
     /// The cluster object (there is exactly one once the swarm exists).
@@ -272,19 +313,50 @@ impl ControlLoop for ManagerServer {
         let dispatcher_svc = dispatcher.clone().into_server();
         let dispatcher_loop = tokio::spawn(dispatcher.run_leader_duties(shutdown.clone()));
         let snapshot_loop = tokio::spawn(snapshot_policy(m.clone(), shutdown.clone()));
-        let res = tonic::transport::Server::builder()
+        let mut leader_loops = tokio::task::JoinSet::new();
+        let orchestrator = leader::OrchestratorLoop::new(m.clone());
+        let scheduler = leader::SchedulerLoop::new(m.clone());
+        leader_loops.spawn(run_named(orchestrator, shutdown.clone()));
+        leader_loops.spawn(run_named(scheduler, shutdown.clone()));
+        let server = tonic::transport::Server::builder()
             .layer(self.authz)
             .add_service(raft_svc)
             .add_service(ca_svc)
             .add_service(control_svc)
             .add_service(dispatcher_svc)
-            .serve_with_incoming_shutdown(incoming, shutdown.cancelled())
-            .await;
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled());
+        tokio::pin!(server);
+        // A leader loop that ends before shutdown is fatal for the manager,
+        // as for any control loop.
+        let res = tokio::select! {
+            res = &mut server => res.map_err(LoopError::from),
+            Some(ended) = leader_loops.join_next() => {
+                let (name, why) = match ended {
+                    Ok((name, Ok(()))) => (name, "ended".to_owned()),
+                    Ok((name, Err(e))) => (name, e.to_string()),
+                    Err(e) => ("leader loop", e.to_string()),
+                };
+                if shutdown.is_cancelled() {
+                    server.await.map_err(LoopError::from)
+                } else {
+                    Err(format!("{name} stopped unexpectedly: {why}").into())
+                }
+            }
+        };
+        while leader_loops.join_next().await.is_some() {}
         let _ = dispatcher_loop.await;
         let _ = snapshot_loop.await;
         if let Err(e) = m.raft.shutdown().await {
             tracing::warn!(error = %e, "Raft did not shut down cleanly");
         }
-        res.map_err(Into::into)
+        res
     }
+}
+
+async fn run_named<L: ControlLoop>(
+    l: L,
+    shutdown: CancellationToken,
+) -> (&'static str, Result<(), LoopError>) {
+    let name = l.name();
+    (name, l.run(shutdown).await)
 }

@@ -13,7 +13,7 @@
 //! [`store::new_id`](crate::store::new_id) for new task IDs; write
 //! anything; or set a task's observed state (agents and the scheduler
 //! report those). Every function takes a snapshot plus `now` and returns
-//! [`Action`]s; the leader loop turns them into one store batch
+//! [`Action`]s; the leader loop (`manager::leader`) turns them into one store batch
 //! ([`Action::write`]) and runs the pass again when anything about the
 //! service, its tasks or their nodes changes, and at each
 //! [`Action::ReconcileAt`] time.

@@ -35,7 +35,7 @@ mod proptests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 

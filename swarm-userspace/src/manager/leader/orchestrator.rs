@@ -1,0 +1,326 @@
+//! The orchestrator loop: runs [`orchestrate`] for every service whose
+//! spec, tasks or nodes changed, and for services whose pass asked to be
+//! woken (restart delays, update delays and monitors); cleans up the tasks
+//! of removed services.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use swarm_proto::v1 as pb;
+use swarm_proto::v1::TaskState as S;
+use tokio_util::sync::CancellationToken;
+
+use crate::orchestrator::{Action, Context, UpdateProgress, next_wake, nodes_of, orchestrate};
+use crate::store::{Object, ReadTx, WatchItem};
+use crate::supervisor::{ControlLoop, LoopError};
+
+use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_chunked, until_leader};
+
+/// Which services the next pass looks at.
+#[derive(Debug, Default)]
+struct Dirty {
+    all: bool,
+    services: HashSet<String>,
+}
+
+impl Dirty {
+    fn everything() -> Self {
+        Dirty {
+            all: true,
+            services: HashSet::new(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        !self.all && self.services.is_empty()
+    }
+
+    fn note(&mut self, o: &Object) {
+        match o {
+            Object::Service(s) => {
+                if let Some(m) = &s.meta {
+                    self.services.insert(m.id.clone());
+                }
+            }
+            Object::Task(t) if !t.service_id.is_empty() => {
+                self.services.insert(t.service_id.clone());
+            }
+            // Node state and availability, and the cluster's task history
+            // limit, concern every service.
+            Object::Node(_) | Object::Cluster(_) => self.all = true,
+            _ => {}
+        }
+    }
+
+    fn note_items(&mut self, items: &[WatchItem]) {
+        for item in items {
+            match item {
+                WatchItem::Resync { .. } => self.all = true,
+                WatchItem::Commit { events, .. } => {
+                    for e in events {
+                        self.note(&e.object);
+                        if let Some(old) = &e.old {
+                            self.note(old);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Keeps services' tasks in line with their specs while this manager leads.
+pub struct OrchestratorLoop {
+    m: Manager,
+}
+
+impl std::fmt::Debug for OrchestratorLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrchestratorLoop").finish_non_exhaustive()
+    }
+}
+
+/// What one term of leadership remembers between passes.
+#[derive(Debug, Default)]
+struct Term {
+    progress: HashMap<String, UpdateProgress>,
+    /// Services that asked to be passed over again, and when.
+    wakes: HashMap<String, SystemTime>,
+}
+
+impl OrchestratorLoop {
+    #[must_use]
+    pub fn new(m: Manager) -> Self {
+        OrchestratorLoop { m }
+    }
+
+    /// One pass over the dirty services (and those due a wake-up), all its
+    /// writes proposed before it returns. On error the caller retries with
+    /// everything dirty.
+    async fn pass(&self, term: &mut Term, dirty: &Dirty) -> Result<usize, super::UpdateError> {
+        let _w = self.m.write_lock().await;
+        let view = self.m.store.view();
+        let now = SystemTime::now();
+        let nodes = nodes_of(&view);
+        let cluster = view.list::<pb::Cluster>().next();
+        let ctx = Context {
+            now,
+            nodes: &nodes,
+            cluster: cluster.as_deref(),
+        };
+        let mut ids: HashSet<String> = if dirty.all {
+            every_service_id(&view)
+        } else {
+            dirty.services.clone()
+        };
+        ids.extend(
+            term.wakes
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(id, _)| id.clone()),
+        );
+        let mut actions = Vec::new();
+        for id in &ids {
+            let tasks = view.tasks_by_service(id);
+            match view.get::<pb::Service>(id) {
+                Some(service) => {
+                    let progress = term.progress.entry(id.clone()).or_default();
+                    let acts = orchestrate(&ctx, &service, &tasks, progress);
+                    match next_wake(&acts) {
+                        Some(at) => term.wakes.insert(id.clone(), at),
+                        None => term.wakes.remove(id),
+                    };
+                    actions.extend(acts);
+                }
+                None => {
+                    term.progress.remove(id);
+                    term.wakes.remove(id);
+                    actions.extend(orphans(&ctx, &tasks));
+                }
+            }
+        }
+        if actions
+            .iter()
+            .all(|a| matches!(a, Action::ReconcileAt { .. }))
+        {
+            return Ok(0);
+        }
+        let n = propose_chunked(&self.m, |tx| {
+            for a in &actions {
+                a.write(tx)?;
+            }
+            Ok(())
+        })
+        .await?;
+        tracing::debug!(services = ids.len(), writes = n, "orchestrator pass");
+        Ok(n)
+    }
+
+    fn next_deadline(term: &Term) -> tokio::time::Instant {
+        let check = tokio::time::Instant::now() + LEADERSHIP_CHECK;
+        let now = SystemTime::now();
+        term.wakes
+            .values()
+            .min()
+            .map(|at| {
+                let wait = at.duration_since(now).unwrap_or_default();
+                (tokio::time::Instant::now() + wait).min(check)
+            })
+            .unwrap_or(check)
+    }
+}
+
+/// Every service, and every service ID that tasks still name although the
+/// service is gone.
+fn every_service_id(view: &ReadTx) -> HashSet<String> {
+    let mut ids: HashSet<String> = view
+        .list::<pb::Service>()
+        .filter_map(|s| s.meta.as_ref().map(|m| m.id.clone()))
+        .collect();
+    ids.extend(
+        view.list::<pb::Task>()
+            .filter(|t| !t.service_id.is_empty())
+            .map(|t| t.service_id.clone()),
+    );
+    ids
+}
+
+/// The tasks of a removed service: all are to be removed (`service rm`
+/// already said so; a pass says it again in case). A task goes from the
+/// store once nothing runs it any more: it never reached a node, it has
+/// stopped, or its node is gone or down (a node that comes back stops what
+/// it no longer has assignments for).
+fn orphans(ctx: &Context<'_>, tasks: &[Arc<pb::Task>]) -> Vec<Action> {
+    let mut out = Vec::new();
+    for t in tasks {
+        let state = t.status.as_ref().map_or(0, |s| s.state);
+        let node_up = ctx
+            .nodes
+            .get(&t.node_id)
+            .and_then(|n| n.status.as_ref())
+            .is_some_and(|s| s.state != pb::NodeState::Down as i32);
+        let stopped = state < S::Assigned as i32 || state > S::Running as i32 || !node_up;
+        let id = t.meta.as_ref().map_or_else(String::new, |m| m.id.clone());
+        if stopped {
+            out.push(Action::RemoveTask { id });
+        } else if t.desired_state < S::Remove as i32 {
+            let mut nt = pb::Task::clone(t);
+            nt.desired_state = S::Remove as i32;
+            out.push(Action::UpdateTask { task: Box::new(nt) });
+        }
+    }
+    out
+}
+
+impl ControlLoop for OrchestratorLoop {
+    fn name(&self) -> &'static str {
+        "orchestrator"
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), LoopError> {
+        loop {
+            if !until_leader(&self.m, &shutdown).await {
+                return Ok(());
+            }
+            tracing::info!("orchestrator: leading; reconciling every service");
+            let (_, mut watch) = self.m.store.watch();
+            let mut term = Term::default();
+            let mut dirty = Dirty::everything();
+            while self.m.is_leader() {
+                let due = {
+                    let now = SystemTime::now();
+                    term.wakes.values().any(|at| *at <= now)
+                };
+                if !dirty.is_empty() || due {
+                    match self.pass(&mut term, &dirty).await {
+                        Ok(_) => dirty = Dirty::default(),
+                        Err(e) => {
+                            tracing::info!(error = %e, "orchestrator pass failed; retrying");
+                            dirty = Dirty::everything();
+                            tokio::select! {
+                                () = shutdown.cancelled() => return Ok(()),
+                                () = tokio::time::sleep(RETRY_DELAY) => {}
+                            }
+                            continue;
+                        }
+                    }
+                }
+                match super::next_wake(&mut watch, Self::next_deadline(&term), &shutdown).await {
+                    Wake::Shutdown => return Ok(()),
+                    Wake::Deadline => {}
+                    Wake::Items(items) => dirty.note_items(&items),
+                }
+            }
+            tracing::info!("orchestrator: no longer leading");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testutil;
+
+    fn running_on(id: &str, node: &str, state: S) -> Arc<pb::Task> {
+        let mut t = testutil::task(id, "gone", 1, node);
+        t.status = Some(pb::TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        });
+        t.desired_state = S::Running as i32;
+        Arc::new(t)
+    }
+
+    #[test]
+    fn tasks_of_a_removed_service_go_once_stopped() {
+        let mut up = testutil::node("up", "up");
+        up.status = Some(pb::NodeStatus {
+            state: pb::NodeState::Ready as i32,
+            ..Default::default()
+        });
+        let mut down = testutil::node("down", "down");
+        down.status = Some(pb::NodeStatus {
+            state: pb::NodeState::Down as i32,
+            ..Default::default()
+        });
+        let nodes = [("up", up), ("down", down)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Arc::new(v)))
+            .collect();
+        let ctx = Context {
+            now: SystemTime::UNIX_EPOCH,
+            nodes: &nodes,
+            cluster: None,
+        };
+        let tasks = vec![
+            running_on("a", "up", S::Running),
+            running_on("b", "up", S::Shutdown),
+            running_on("c", "down", S::Running),
+            running_on("d", "", S::Pending),
+            running_on("e", "gone-node", S::Running),
+        ];
+        let acts = orphans(&ctx, &tasks);
+        let removed: Vec<&str> = acts
+            .iter()
+            .filter_map(|a| match a {
+                Action::RemoveTask { id } => Some(id.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(removed, ["b", "c", "d", "e"]);
+        let Some(Action::UpdateTask { task }) = acts.first() else {
+            panic!("first action should stop the running task: {acts:?}");
+        };
+        assert_eq!(task.desired_state, S::Remove as i32);
+    }
+
+    #[test]
+    fn node_changes_make_every_service_dirty() {
+        let mut d = Dirty::default();
+        d.note(&Object::Task(Arc::new(testutil::task("t", "svc", 1, "n"))));
+        assert!(!d.all);
+        assert!(d.services.contains("svc"));
+        d.note(&Object::Node(Arc::new(testutil::node("n", "n"))));
+        assert!(d.all);
+    }
+}

@@ -1,0 +1,171 @@
+//! The scheduler loop: places every pending task whenever tasks become
+//! pending or nodes change, in one [`schedule`] call per pass over all of
+//! them (so a service's tasks are spread as a group), and writes the
+//! decisions in bounded chunks.
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::scheduler::{FailureHistory, NodeSet, is_schedulable, pending_tasks, schedule};
+use crate::store::{Object, WatchItem};
+use crate::supervisor::{ControlLoop, LoopError};
+
+use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_chunked, until_leader};
+
+/// Places pending tasks while this manager leads.
+pub struct SchedulerLoop {
+    m: Manager,
+}
+
+impl std::fmt::Debug for SchedulerLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerLoop").finish_non_exhaustive()
+    }
+}
+
+/// Whether `items` call for a scheduling pass: a task that is now pending,
+/// a node that changed (it may fit tasks that were left pending), or a
+/// resync. Feeds task failures into `failures` on the way.
+fn wants_pass(items: &[WatchItem], failures: &mut FailureHistory, now: SystemTime) -> bool {
+    let mut want = false;
+    for item in items {
+        match item {
+            WatchItem::Resync { .. } => want = true,
+            WatchItem::Commit { events, .. } => {
+                for e in events {
+                    match &e.object {
+                        Object::Task(t) => {
+                            let old = e.old.as_ref().and_then(|o| o.as_task());
+                            failures.observe(old, t, now);
+                            want |= is_schedulable(t);
+                        }
+                        Object::Node(_) => want = true,
+                        _ => {}
+                    }
+                }
+            }
+        }
+    }
+    want
+}
+
+impl SchedulerLoop {
+    #[must_use]
+    pub fn new(m: Manager) -> Self {
+        SchedulerLoop { m }
+    }
+
+    async fn pass(&self, failures: &mut FailureHistory) -> Result<usize, super::UpdateError> {
+        let _w = self.m.write_lock().await;
+        let view = self.m.store.view();
+        let pending = pending_tasks(&view);
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let now = SystemTime::now();
+        failures.prune(now);
+        let started = std::time::Instant::now();
+        let decisions = schedule(&NodeSet::from_view(&view), &pending, failures, now);
+        let decided = started.elapsed();
+        let placed = decisions.assigned.len();
+        let n = propose_chunked(&self.m, |tx| decisions.write(tx, now)).await?;
+        tracing::debug!(
+            pending = pending.len(),
+            placed,
+            unplaced = decisions.unplaced.len(),
+            decide_ms = decided.as_millis(),
+            writes = n,
+            "scheduler pass"
+        );
+        Ok(placed)
+    }
+}
+
+impl ControlLoop for SchedulerLoop {
+    fn name(&self) -> &'static str {
+        "scheduler"
+    }
+
+    async fn run(self, shutdown: CancellationToken) -> Result<(), LoopError> {
+        loop {
+            if !until_leader(&self.m, &shutdown).await {
+                return Ok(());
+            }
+            let (_, mut watch) = self.m.store.watch();
+            let mut failures = FailureHistory::new();
+            let mut want = true;
+            while self.m.is_leader() {
+                if want {
+                    if let Err(e) = self.pass(&mut failures).await {
+                        tracing::info!(error = %e, "scheduler pass failed; retrying");
+                        tokio::select! {
+                            () = shutdown.cancelled() => return Ok(()),
+                            () = tokio::time::sleep(RETRY_DELAY) => {}
+                        }
+                        continue;
+                    }
+                    want = false;
+                }
+                let deadline = tokio::time::Instant::now() + LEADERSHIP_CHECK;
+                match super::next_wake(&mut watch, deadline, &shutdown).await {
+                    Wake::Shutdown => return Ok(()),
+                    Wake::Deadline => {}
+                    Wake::Items(items) => {
+                        want = wants_pass(&items, &mut failures, SystemTime::now());
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Event, EventKind};
+    use std::sync::Arc;
+    use swarm_proto::v1 as pb;
+
+    fn task_event(state: pb::TaskState) -> WatchItem {
+        let mut t = crate::store::testutil::task("t", "s", 1, "");
+        t.status = Some(pb::TaskStatus {
+            state: state as i32,
+            ..Default::default()
+        });
+        WatchItem::Commit {
+            version: 2,
+            events: vec![Event {
+                kind: EventKind::Updated,
+                version: 2,
+                object: Object::Task(Arc::new(t)),
+                old: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn only_pending_tasks_and_node_changes_call_for_a_pass() {
+        let mut f = FailureHistory::new();
+        let now = SystemTime::UNIX_EPOCH;
+        assert!(wants_pass(
+            &[task_event(pb::TaskState::Pending)],
+            &mut f,
+            now
+        ));
+        assert!(!wants_pass(
+            &[task_event(pb::TaskState::Running)],
+            &mut f,
+            now
+        ));
+        let node = WatchItem::Commit {
+            version: 3,
+            events: vec![Event {
+                kind: EventKind::Updated,
+                version: 3,
+                object: Object::Node(Arc::new(crate::store::testutil::node("n", "n"))),
+                old: None,
+            }],
+        };
+        assert!(wants_pass(&[node], &mut f, now));
+    }
+}

@@ -1,0 +1,205 @@
+//! Simulated worker nodes: many nodes in one process, each a real member
+//! of the swarm (its own key, a certificate the swarm's CA signed for its
+//! own node ID, its own mutual-TLS session with the leader's dispatcher and
+//! its own heartbeats and assignments), whose tasks run on the fake
+//! executor. What the managers see is indistinguishable from real workers,
+//! which is what the scale benchmarks need (`swarm simulate`, run by
+//! `cargo xtask bench scale`).
+//!
+//! Owns: joining N nodes with a worker token, and running their agents
+//! until shutdown. Keeps nothing on disk. Must never run real containers or
+//! touch the kernel beyond its sockets.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use swarm_proto::v1 as pb;
+use swarm_proto::v1::node_ca_client::NodeCaClient;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::agent::{Agent, AgentEvents, Credentials};
+use crate::ca::{self, ClientTls, JoinToken, NodeCert, NodeKey, Role, RootCert, TlsIdentity};
+use crate::manager::MtlsChannels;
+use crate::supervisor::ControlLoop;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulationError {
+    #[error("the join token is not valid: {0}")]
+    Token(String),
+    #[error("cannot fetch the swarm's root CA from {addr}: {message}")]
+    RootCa { addr: SocketAddr, message: String },
+    #[error("cannot connect to the manager at {addr}: {message}")]
+    Connect { addr: SocketAddr, message: String },
+    #[error("simulated node {index} could not join: {message}")]
+    Join { index: usize, message: String },
+}
+
+/// What to simulate.
+#[derive(Clone, Debug)]
+pub struct SimulationConfig {
+    /// Any manager; joins go there, sessions follow the leader.
+    pub manager: SocketAddr,
+    /// A worker join token.
+    pub token: String,
+    pub count: usize,
+    /// Hostnames are `<prefix>-<i>`.
+    pub hostname_prefix: String,
+    /// Joins in flight at once.
+    pub join_concurrency: usize,
+    /// Resources each node reports.
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+}
+
+/// One joined simulated node.
+struct Joined {
+    node_id: String,
+    cert: NodeCert,
+    identity: TlsIdentity,
+    managers: Vec<String>,
+}
+
+/// Simulated nodes need no reaction to manager list or role changes: they
+/// keep following the leader through redirects.
+struct NoEvents;
+
+impl AgentEvents for NoEvents {
+    fn managers_changed(&self, _: &[String]) {}
+    fn role_changed(&self, _: Role) {}
+}
+
+fn description(cfg: &SimulationConfig, i: usize) -> pb::NodeDescription {
+    let mut d = crate::node::describe(&format!("{}-{i}", cfg.hostname_prefix));
+    d.resources = Some(pb::Resources {
+        nano_cpus: cfg.nano_cpus,
+        memory_bytes: cfg.memory_bytes,
+    });
+    d
+}
+
+async fn join_one(
+    cfg: &SimulationConfig,
+    i: usize,
+    root: &RootCert,
+    ca_channel: Channel,
+) -> Result<Joined, String> {
+    let key = NodeKey::generate().map_err(|e| e.to_string())?;
+    let csr = key.generate_csr(None).map_err(|e| e.to_string())?;
+    let resp = NodeCaClient::new(ca_channel)
+        .issue_node_certificate(pb::IssueNodeCertificateRequest {
+            token: cfg.token.clone(),
+            csr_pem: csr.into_bytes(),
+            advertise_addr: String::new(),
+            description: Some(description(cfg, i)),
+            raft_id: 0,
+            availability: pb::NodeAvailability::Active as i32,
+        })
+        .await
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .into_inner();
+    let cert = NodeCert::from_pem(&String::from_utf8_lossy(&resp.certificate_pem))
+        .map_err(|e| e.to_string())?;
+    let identity = TlsIdentity::new(root, &cert, &key).map_err(|e| e.to_string())?;
+    let mut managers = resp.managers;
+    if managers.is_empty() {
+        managers.push(cfg.manager.to_string());
+    }
+    Ok(Joined {
+        node_id: resp.node_id,
+        cert,
+        identity,
+        managers,
+    })
+}
+
+/// Joins `cfg.count` nodes and runs their agents until `shutdown`.
+/// `on_joined` is called once with the time all joins took.
+pub async fn run(
+    cfg: SimulationConfig,
+    shutdown: CancellationToken,
+    on_joined: impl FnOnce(Duration),
+) -> Result<(), SimulationError> {
+    let token = JoinToken::parse(&cfg.token).map_err(|e| SimulationError::Token(e.to_string()))?;
+    let root = ca::fetch_pinned_root_ca(cfg.manager, &token)
+        .await
+        .map_err(|e| SimulationError::RootCa {
+            addr: cfg.manager,
+            message: e.to_string(),
+        })?;
+    let connect_err = |e: ca::TlsError| SimulationError::Connect {
+        addr: cfg.manager,
+        message: e.to_string(),
+    };
+    let ca_channel = ca::connect(cfg.manager, ClientTls::pinned(&root).map_err(connect_err)?)
+        .await
+        .map_err(connect_err)?;
+
+    let started = Instant::now();
+    let cfg = Arc::new(cfg);
+    let mut joins = JoinSet::new();
+    let mut joined = Vec::with_capacity(cfg.count);
+    let mut next = 0;
+    while joined.len() < cfg.count {
+        while next < cfg.count && joins.len() < cfg.join_concurrency.max(1) {
+            let (cfg, root, ch) = (cfg.clone(), root.clone(), ca_channel.clone());
+            let i = next;
+            joins.spawn(async move { (i, join_one(&cfg, i, &root, ch).await) });
+            next += 1;
+        }
+        match joins.join_next().await {
+            Some(Ok((_, Ok(j)))) => joined.push(j),
+            Some(Ok((index, Err(message)))) => {
+                return Err(SimulationError::Join { index, message });
+            }
+            Some(Err(e)) => {
+                return Err(SimulationError::Join {
+                    index: next,
+                    message: e.to_string(),
+                });
+            }
+            None => break,
+        }
+    }
+    on_joined(started.elapsed());
+
+    let mut agents = JoinSet::new();
+    for (i, j) in joined.into_iter().enumerate() {
+        let channels = match MtlsChannels::new(&root, &j.identity) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                return Err(SimulationError::Join {
+                    index: i,
+                    message: e.to_string(),
+                });
+            }
+        };
+        let agent = Agent::new(
+            j.node_id,
+            description(&cfg, i),
+            channels,
+            j.managers,
+            Arc::new(NoEvents),
+            Credentials {
+                root: root.clone(),
+                cert: j.cert,
+                identity: j.identity,
+                // Never written: certificates live for 90 days, longer than
+                // any simulation.
+                dir: std::env::temp_dir().join("swarm-simulation"),
+                raft_id: 0,
+                advertise_addr: String::new(),
+            },
+        );
+        let stop = shutdown.clone();
+        agents.spawn(async move {
+            if let Err(e) = agent.run(stop).await {
+                tracing::warn!(error = %e, "a simulated node's agent stopped");
+            }
+        });
+    }
+    shutdown.cancelled().await;
+    while agents.join_next().await.is_some() {}
+    Ok(())
+}
