@@ -21,8 +21,13 @@
 //! allocated returns nothing.
 //!
 //! The control API allocates a new network's subnet itself (so `network
-//! inspect` shows it at once) with the same [`ipam`] functions; the
-//! allocator allocates the networks that reach it without one.
+//! inspect` shows it at once) with [`plan_network`], under the manager's
+//! write lock; the allocator allocates the networks that reach it without
+//! one. Its loop must hold that lock from taking the view to proposing.
+//!
+//! Writes carry the version they were read at; an object changed in
+//! between is skipped ([`Allocations::write`]) and allocated again by the
+//! next pass (a task keeps the addresses reserved for it).
 
 pub mod ipam;
 
@@ -75,7 +80,7 @@ impl Allocations {
 
     /// Adds the writes to a batch being prepared. An object changed since
     /// the pass's view (its version moved) is skipped: the next pass sees it
-    /// afresh and hands it the same addresses, which stay reserved.
+    /// afresh (a task gets the same addresses, which stay reserved for it).
     pub fn write(&self, tx: &mut WriteTx) -> Result<(), StoreError> {
         for n in &self.networks {
             write_if_unchanged(tx, n)?;
@@ -152,6 +157,21 @@ fn has_ended(t: &pb::Task) -> bool {
 /// for jobs).
 fn is_wanted(t: &pb::Task) -> bool {
     t.desired_state <= pb::TaskState::Complete as i32
+}
+
+/// Whether `held` is exactly the addresses of `networks`, in order.
+fn holds_exactly(held: &[Held], networks: &[pb::NetworkAttachment]) -> bool {
+    let mut it = held.iter();
+    for n in networks {
+        for a in &n.addresses {
+            match it.next() {
+                Some(h)
+                    if h.network == n.network_id && ipam::parse_cidr_addr(a) == Some(h.addr) => {}
+                _ => return false,
+            }
+        }
+    }
+    it.next().is_none()
 }
 
 /// Whether an endpoint spec publishes a port through the routing mesh.
@@ -256,8 +276,9 @@ impl Allocator {
         let mut out = Allocations::default();
         self.allocate_networks(view, &mut out);
         let services = self.allocate_services(view, &mut out);
+        let ingress = ingress_network(view).map(|n| id_of(&*n).to_owned());
         for t in pending {
-            if let Some(t) = self.allocate_task(view, &t, &services, now) {
+            if let Some(t) = self.allocate_task(view, &t, &services, ingress.as_deref(), now) {
                 out.tasks.push(t);
             }
         }
@@ -357,6 +378,13 @@ impl Allocator {
                 pending.push(t);
                 continue;
             }
+            // The common case, cheaply: nothing changed since last seen.
+            if let Some(h) = self.tasks.get_mut(id)
+                && holds_exactly(&h.held, &t.networks)
+            {
+                h.seen = generation;
+                continue;
+            }
             let held: Vec<Held> = t
                 .networks
                 .iter()
@@ -404,7 +432,6 @@ impl Allocator {
                 .get(&h.network)
                 .is_some_and(|n| n.subnet.net().contains(&h.addr))
         });
-        want.sort();
         let map = match kind {
             Kind::Task => &mut self.tasks,
             Kind::Service => &mut self.services,
@@ -580,15 +607,17 @@ impl Allocator {
                     addr,
                 });
             }
-            // VIPs on networks the service left are free again.
-            for h in have.iter().filter(|h| !held.contains(h)) {
-                if let Some(n) = self.nets.get_mut(&h.network) {
-                    n.subnet.release(h.addr);
+            // VIPs on networks the service left stay taken until a view
+            // shows the service without them: this pass's write may not
+            // land, and the address must not meanwhile go to a task.
+            let mut keep = held;
+            for h in have {
+                if !keep.contains(&h) {
+                    keep.push(h);
                 }
             }
-            held.sort();
             let holding = self.services.entry(id.clone()).or_default();
-            holding.held = held;
+            holding.held = keep;
             holding.seen = self.generation;
 
             let old_ports = s
@@ -655,6 +684,7 @@ impl Allocator {
         view: &ReadTx,
         task: &pb::Task,
         endpoints: &HashMap<String, pb::Endpoint>,
+        ingress: Option<&str>,
         now: SystemTime,
     ) -> Option<pb::Task> {
         let id = id_of(task).to_owned();
@@ -678,8 +708,8 @@ impl Allocator {
         let mut want: Vec<(String, Vec<String>)> = Vec::new();
         let mut missing = None;
         if publishes_ingress(espec) {
-            match ingress_network(view) {
-                Some(n) => want.push((id_of(&*n).to_owned(), Vec::new())),
+            match ingress {
+                Some(n) => want.push((n.to_owned(), Vec::new())),
                 None => {
                     missing = Some(
                         "the service publishes ports but the ingress network is missing: create one with `network create --ingress`".to_owned(),
@@ -782,7 +812,6 @@ impl Allocator {
                 n.subnet.release(h.addr);
             }
         }
-        held.sort();
         if !held.is_empty() {
             self.tasks.insert(
                 id,
@@ -829,7 +858,11 @@ impl Allocator {
             let mut v: Vec<(String, Vec<Held>)> = m
                 .iter()
                 .filter(|(_, h)| !h.held.is_empty())
-                .map(|(id, h)| (id.clone(), h.held.clone()))
+                .map(|(id, h)| {
+                    let mut held = h.held.clone();
+                    held.sort();
+                    (id.clone(), held)
+                })
                 .collect();
             v.sort();
             v

@@ -100,7 +100,11 @@ fn check(e: &Env, a: &Allocator) -> Result<(), TestCaseError> {
             }
         }
     }
-    prop_assert_eq!(a.facts(), Allocator::from_view(&view).facts());
+    // What the allocator knows once it has seen the view its writes made
+    // is what a new leader would rebuild from it.
+    let mut seen = a.clone();
+    seen.observe(&view);
+    prop_assert_eq!(seen.facts(), Allocator::from_view(&view).facts());
     Ok(())
 }
 
@@ -193,9 +197,18 @@ proptest! {
                 }
             }
         }
-        e.pass(&mut a);
-        check(&e, &a)?;
-        // A written pass leaves nothing for the next one.
-        prop_assert!(a.pass(&e.view(), e.now).is_empty());
+        // Passes settle: addresses freed by one pass's writes (a VIP the
+        // service gave up) go to waiting tasks in the next; then nothing
+        // is left to do.
+        let mut settled = false;
+        for _ in 0..3 {
+            let out = e.pass(&mut a);
+            check(&e, &a)?;
+            if out.is_empty() {
+                settled = true;
+                break;
+            }
+        }
+        prop_assert!(settled, "passes do not settle");
     }
 }

@@ -293,7 +293,8 @@ fn vip_services_get_a_virtual_ip_per_network_and_ingress_when_publishing() {
     );
     assert!(e.pass(&mut a).is_empty());
 
-    // Leaving a network frees its VIP; the dynamic port stays.
+    // Leaving a network frees its VIP once the change is written; the
+    // dynamic port stays.
     let mut web = (*e.service("web")).clone();
     web.spec
         .as_mut()
@@ -308,6 +309,8 @@ fn vip_services_get_a_virtual_ip_per_network_and_ingress_when_publishing() {
     let ep = e.service("web").endpoint.clone().unwrap();
     assert_eq!(ep.virtual_ips.len(), 1);
     assert_eq!(ep.ports[1].published_port, 30000);
+    assert_eq!(a.nets["a"].subnet.free(), 252);
+    assert!(e.pass(&mut a).is_empty());
     assert_eq!(a.nets["a"].subnet.free(), 253);
 }
 

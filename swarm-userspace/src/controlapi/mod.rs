@@ -639,7 +639,9 @@ impl control_server::Control for ControlApi {
             .into_inner()
             .spec
             .ok_or_else(|| Status::invalid_argument("the request carries no network spec"))?;
-        let _one_at_a_time = network::WRITES.lock().await;
+        // Serialized with the leader's other deciding writers (the
+        // allocator among them), so no two pick the same free subnet.
+        let _w = self.m.write_lock().await;
         let view = self.m.store.view();
         network::check_create(&view, &mut spec)?;
         let net = network::new_network(&view, spec)?;
@@ -697,7 +699,9 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.remove_network(req.into_inner()).await);
         }
-        let _one_at_a_time = network::WRITES.lock().await;
+        // Serialized with the leader's other deciding writers (the
+        // allocator among them), so no two pick the same free subnet.
+        let _w = self.m.write_lock().await;
         let view = self.m.store.view();
         let net = network::resolve(&view, &req.get_ref().network_ref)?;
         network::check_remove(&view, &net)?;

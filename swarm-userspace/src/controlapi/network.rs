@@ -7,21 +7,18 @@
 //! are chosen here, on the leader, with the allocator's functions, so the
 //! network is complete when `create` returns.
 //!
-//! Must never: store a network whose subnet overlaps another's. Creates
-//! and removals on this manager run one at a time ([`WRITES`]), so two
-//! creates cannot both pick the same free subnet.
+//! Must never: store a network whose subnet overlaps another's. Callers
+//! hold the manager's write lock (`Manager::write_lock`) from reading the
+//! view to proposing, so two creates (or a create and an allocator pass)
+//! cannot both pick the same free subnet.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use swarm_proto::v1 as pb;
 use tonic::Status;
 
 use crate::allocator::{self, INGRESS_NAME, OVERLAY, ipam};
 use crate::store::ReadTx;
-
-/// Serialises network creates and removals on this manager: each reads the
-/// networks, decides, and proposes; another must not decide in between.
-pub static WRITES: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 /// Why a network request was refused; the text says what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
