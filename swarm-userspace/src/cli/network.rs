@@ -218,8 +218,7 @@ async fn ls(client: &Client, a: &LsArgs) -> anyhow::Result<()> {
         .into_inner()
         .networks;
     // Every network here is swarm-scoped.
-    if a
-        .filter
+    if a.filter
         .iter()
         .any(|f| matches!(f, Filter::Scope(s) if s != "swarm"))
     {
@@ -475,9 +474,15 @@ mod tests {
         assert_eq!(spec.annotations.as_ref().unwrap().name, "web-net");
         assert_eq!(spec.annotations.as_ref().unwrap().labels["env"], "prod");
         let d = spec.driver_config.as_ref().unwrap();
-        assert_eq!((d.name.as_str(), d.options["encrypted"].as_str()), ("overlay", ""));
+        assert_eq!(
+            (d.name.as_str(), d.options["encrypted"].as_str()),
+            ("overlay", "")
+        );
         let c = &spec.ipam.as_ref().unwrap().configs[0];
-        assert_eq!((c.subnet.as_str(), c.gateway.as_str()), ("10.9.0.0/16", "10.9.0.254"));
+        assert_eq!(
+            (c.subnet.as_str(), c.gateway.as_str()),
+            ("10.9.0.0/16", "10.9.0.254")
+        );
         assert!(spec.attachable && !spec.ingress);
         // Without flags: overlay, no IPAM (the manager picks the subnet).
         let Ok(NetworkCommand::Create(a)) = parse(&["create", "n"]) else {
@@ -498,7 +503,10 @@ mod tests {
         assert!(parse_filter("type=custom").is_err());
         assert!(parse_filter("name").is_err());
         let req = ls_request(&[Filter::Name("a".into()), Filter::Driver("overlay".into())]);
-        assert_eq!((req.names, req.drivers), (vec!["a".into()], vec!["overlay".into()]));
+        assert_eq!(
+            (req.names, req.drivers),
+            (vec!["a".into()], vec!["overlay".into()])
+        );
     }
 
     #[test]
