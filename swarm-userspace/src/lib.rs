@@ -10,6 +10,7 @@
 //! (`worker`, `executor`, `runtime`) join as they land.
 
 pub mod agent;
+pub mod allocator;
 pub mod api;
 pub mod ca;
 pub mod cli;

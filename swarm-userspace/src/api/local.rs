@@ -124,6 +124,30 @@ impl Control for LocalControl {
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
         self.api()?.list_tasks(r).await
     }
+    async fn create_network(
+        &self,
+        r: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::CreateNetworkResponse>, Status> {
+        self.api()?.create_network(r).await
+    }
+    async fn get_network(
+        &self,
+        r: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::GetNetworkResponse>, Status> {
+        self.api()?.get_network(r).await
+    }
+    async fn list_networks(
+        &self,
+        r: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        self.api()?.list_networks(r).await
+    }
+    async fn remove_network(
+        &self,
+        r: Request<pb::RemoveNetworkRequest>,
+    ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        self.api()?.remove_network(r).await
+    }
     async fn get_cluster(
         &self,
         r: Request<pb::GetClusterRequest>,

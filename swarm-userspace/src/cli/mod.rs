@@ -9,6 +9,7 @@ mod image;
 mod info;
 mod json;
 mod logs;
+mod network;
 mod node;
 mod output;
 mod service;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Work with the swarm's tasks (run on a manager).
     #[command(subcommand)]
     Task(logs::TaskCommand),
+    /// Manage the swarm's overlay networks (run on a manager).
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Inspect the node's data plane.
     #[command(subcommand)]
     Dataplane(DataplaneCommand),
@@ -359,6 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Task(logs::TaskCommand::Logs(a)) => {
             logs::run(&Client::connect(&cli.host).await?, &a, true).await
         }
+        Command::Network(cmd) => network::run(&Client::connect(&cli.host).await?, &cmd).await,
         Command::Image(cmd) => image::run(&Client::connect(&cli.host).await?, cmd).await,
         Command::Simulate(args) => simulate(args).await,
         Command::RuntimeHelper(_) => {

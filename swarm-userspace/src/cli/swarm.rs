@@ -62,6 +62,9 @@ pub struct InitArgs {
     /// Prefix length of the subnets carved from the default address pools.
     #[arg(long, value_name = "BITS", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..=32))]
     pub default_addr_pool_mask_length: u32,
+    /// UDP port of the VXLAN traffic of overlay networks between nodes.
+    #[arg(long, value_name = "PORT", default_value_t = 4789, value_parser = clap::value_parser!(u32).range(1024..=49151))]
+    pub data_path_port: u32,
     /// Availability of this node.
     #[arg(long, value_enum, default_value_t = Availability::Active)]
     pub availability: Availability,
@@ -109,6 +112,7 @@ impl InitArgs {
             availability: pb::NodeAvailability::from(self.availability) as i32,
             default_address_pool: self.default_addr_pools.clone(),
             subnet_size: self.default_addr_pool_mask_length,
+            data_path_port: self.data_path_port,
         })
     }
 }
@@ -462,6 +466,7 @@ mod tests {
         assert_eq!(req.availability(), pb::NodeAvailability::Active);
         assert!(req.default_address_pool.is_empty());
         assert_eq!(req.subnet_size, 24);
+        assert_eq!(req.data_path_port, 4789);
         let spec = req.spec.unwrap();
         let raft = spec.raft.unwrap();
         assert_eq!(
@@ -510,6 +515,8 @@ mod tests {
             "10.30.0.0/16",
             "--default-addr-pool-mask-length",
             "26",
+            "--data-path-port",
+            "7789",
             "--availability",
             "drain",
         ]) else {
@@ -525,6 +532,7 @@ mod tests {
             ["10.10.0.0/16", "10.20.0.0/16", "10.30.0.0/16"]
         );
         assert_eq!(req.subnet_size, 26);
+        assert_eq!(req.data_path_port, 7789);
         let spec = req.spec.unwrap();
         assert_eq!(spec.raft.unwrap().keep_old_snapshots, 2);
         assert_eq!(spec.orchestration.unwrap().task_history_retention_limit, -1);

@@ -204,6 +204,12 @@ pub fn task_json(t: &pb::Task) -> serde_json::Value {
             "Message": status.message,
             "Err": status.err,
         },
+        // Docker's name for the task's addresses on its networks.
+        "NetworksAttachments": t.networks.iter().map(|n| serde_json::json!({
+            "Network": { "ID": n.network_id },
+            "Addresses": n.addresses,
+            "Aliases": n.aliases,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -315,5 +321,21 @@ host   web.10      nginx   node-1   Running         Running 1 second ago        
         assert_eq!(v["DesiredState"], "running");
         assert_eq!(v["Status"]["State"], "pending");
         assert_eq!(v["Image"], "nginx");
+        assert_eq!(v["NetworksAttachments"], serde_json::json!([]));
+        let mut t = task("t1", 1, 0, pb::TaskState::Pending);
+        t.networks.push(pb::NetworkAttachment {
+            network_id: "n1".into(),
+            addresses: vec!["10.0.1.3/24".into()],
+            aliases: vec!["web".into()],
+            ..Default::default()
+        });
+        assert_eq!(
+            task_json(&t)["NetworksAttachments"],
+            serde_json::json!([{
+                "Network": { "ID": "n1" },
+                "Addresses": ["10.0.1.3/24"],
+                "Aliases": ["web"],
+            }])
+        );
     }
 }

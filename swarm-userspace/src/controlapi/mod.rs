@@ -1,5 +1,5 @@
-//! The control API (`swarm node ...`, `swarm service ...`, `swarm
-//! join-token ...`): validates
+//! The control API (`swarm node ...`, `swarm service ...`, `swarm network
+//! ...`, `swarm join-token ...`): validates
 //! requests, reads from the local store, and turns changes into store
 //! batches proposed on the leader. A follower forwards every call that
 //! writes to the leader; reads answer from local memory, so they work
@@ -7,6 +7,7 @@
 //!
 //! Must never hand out the CA's private key: cluster objects leave the
 //! manager scrubbed.
+pub mod network;
 pub mod service;
 
 use std::sync::Arc;
@@ -212,23 +213,32 @@ fn store_status(e: StoreError) -> Status {
     }
 }
 
-/// Replaces network names in the spec's attachments with network IDs;
-/// refuses unknown networks and the ingress network.
+/// Replaces network names (or ID prefixes) in the spec's attachments with
+/// network IDs; refuses unknown networks and the ingress network, and
+/// ingress-published ports when there is no ingress network.
 fn resolve_networks(m: &Manager, spec: &mut pb::ServiceSpec) -> Result<(), Status> {
     let view = m.store.view();
+    let publishes_ingress = spec.endpoint.as_ref().is_some_and(|e| {
+        e.ports
+            .iter()
+            .any(|p| p.publish_mode == pb::PublishMode::Ingress as i32)
+    });
+    if publishes_ingress && crate::allocator::ingress_network(&view).is_none() {
+        return Err(Status::failed_precondition(
+            "service needs the ingress network to publish ports in ingress mode, but there is none: create it with `network create --ingress ingress`, or publish with mode=host",
+        ));
+    }
     let Some(task) = spec.task.as_mut() else {
         return Ok(());
     };
     for att in &mut task.networks {
-        let net = view
-            .get::<pb::Network>(&att.target)
-            .or_else(|| view.get_by_name::<pb::Network>(&att.target))
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "network {} not found: attach the service to an existing overlay network",
-                    att.target
-                ))
-            })?;
+        let net = network::resolve(&view, &att.target).map_err(|e| match e {
+            network::NetworkError::NotFound(_) => Status::not_found(format!(
+                "network {} not found: attach the service to an existing overlay network (`network ls` lists them)",
+                att.target
+            )),
+            other => other.into(),
+        })?;
         if net.spec.as_ref().is_some_and(|s| s.ingress) {
             return Err(Status::invalid_argument(format!(
                 "service cannot be explicitly attached to the ingress network {:?}",
@@ -616,6 +626,98 @@ impl control_server::Control for ControlApi {
             .map(|t| (*t).clone())
             .collect();
         Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::CreateNetworkResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.forwarded(self.leader()?.create_network(req.into_inner()).await);
+        }
+        let mut spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("the request carries no network spec"))?;
+        // Serialized with the leader's other deciding writers (the
+        // allocator among them), so no two pick the same free subnet.
+        let _w = self.m.write_lock().await;
+        let view = self.m.store.view();
+        network::check_create(&view, &mut spec)?;
+        let net = network::new_network(&view, spec)?;
+        let id = net.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.create(net))
+            .map_err(store_status)?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        let network = self
+            .m
+            .store
+            .view()
+            .get::<pb::Network>(&id)
+            .map(|n| (*n).clone());
+        tracing::info!(network_id = %id, "network created");
+        Ok(Response::new(pb::CreateNetworkResponse { network }))
+    }
+
+    async fn get_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::GetNetworkResponse>, Status> {
+        let n = network::resolve(&self.m.store.view(), &req.get_ref().network_ref)?;
+        Ok(Response::new(pb::GetNetworkResponse {
+            network: Some((*n).clone()),
+        }))
+    }
+
+    async fn list_networks(
+        &self,
+        req: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        let f = req.into_inner();
+        let networks = self
+            .m
+            .store
+            .view()
+            .list::<pb::Network>()
+            .filter(|n| network::matches_filters(n, &f))
+            .map(|n| (*n).clone())
+            .collect();
+        Ok(Response::new(pb::ListNetworksResponse { networks }))
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<pb::RemoveNetworkRequest>,
+    ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        if !self.m.is_leader() {
+            return self.forwarded(self.leader()?.remove_network(req.into_inner()).await);
+        }
+        // Serialized with the leader's other deciding writers (the
+        // allocator among them), so no two pick the same free subnet.
+        let _w = self.m.write_lock().await;
+        let view = self.m.store.view();
+        let net = network::resolve(&view, &req.get_ref().network_ref)?;
+        network::check_remove(&view, &net)?;
+        let id = net.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| tx.remove::<pb::Network>(&id))
+            .map_err(store_status)?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(propose_status)?;
+        tracing::info!(network_id = %id, "network removed");
+        Ok(Response::new(pb::RemoveNetworkResponse {}))
     }
 
     async fn get_cluster(

@@ -317,8 +317,10 @@ impl ControlLoop for ManagerServer {
         let snapshot_loop = tokio::spawn(snapshot_policy(m.clone(), shutdown.clone()));
         let mut leader_loops = tokio::task::JoinSet::new();
         let orchestrator = leader::OrchestratorLoop::new(m.clone());
+        let allocator = leader::AllocatorLoop::new(m.clone());
         let scheduler = leader::SchedulerLoop::new(m.clone());
         leader_loops.spawn(run_named(orchestrator, shutdown.clone()));
+        leader_loops.spawn(run_named(allocator, shutdown.clone()));
         leader_loops.spawn(run_named(scheduler, shutdown.clone()));
         let logbroker = crate::logbroker::LogBroker::new(m.store.clone(), Arc::new(m.clone()));
         let server = tonic::transport::Server::builder()

@@ -349,6 +349,24 @@ fn overlay_spec(cluster: &mut pb::Cluster, req: &pb::InitRequest) {
     if req.subnet_size > 0 {
         cluster.subnet_size = req.subnet_size;
     }
+    if req.data_path_port > 0 {
+        cluster.vxlan_udp_port = req.data_path_port;
+    }
+}
+
+/// Refuses `init`'s network settings docker would refuse: pools that do
+/// not parse or overlap, a mask length that does not fit them, a data path
+/// port outside 1024-49151.
+fn check_network_settings(req: &pb::InitRequest) -> Result<(), Status> {
+    crate::allocator::ipam::Pools::parse(&req.default_address_pool, req.subnet_size)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if req.data_path_port != 0 && !(1024..=49151).contains(&req.data_path_port) {
+        return Err(Status::invalid_argument(format!(
+            "data path port {} is out of range: use a port between 1024 and 49151 (default 4789)",
+            req.data_path_port
+        )));
+    }
+    Ok(())
 }
 
 fn new_raft_id() -> u64 {
@@ -497,6 +515,7 @@ impl NodeLoop {
             return self.force_new_cluster().await;
         }
         self.already_member()?;
+        check_network_settings(&req)?;
         let listen = addr::listen_addr(&req.listen_addr)?;
         let advertise = addr::advertise_addr(&req.advertise_addr, listen)?;
         let node_id = new_id();
@@ -595,13 +614,17 @@ impl NodeLoop {
             }),
             ..Default::default()
         };
-        let actions = manager
-            .store
-            .prepare(|tx: &mut WriteTx| {
-                tx.create(cluster)?;
-                tx.create(me)
-            })
-            .map_err(internal)?;
+        let actions = manager.store.prepare(|tx: &mut WriteTx| {
+            tx.create(cluster).map_err(internal)?;
+            tx.create(me).map_err(internal)?;
+            // The routing mesh's network, from the first subnet of the
+            // pools just written (docker's 10.0.0.0/24 by default).
+            let ingress = crate::controlapi::network::new_network(
+                tx,
+                crate::controlapi::network::ingress_spec(),
+            )?;
+            tx.create(ingress).map_err(internal)
+        })?;
         manager
             .proposer
             .propose(actions)

@@ -14,6 +14,7 @@ use swarm_proto::v1 as pb;
 use swarm_proto::v1::TaskState as S;
 
 use super::{Action, Context, UpdateProgress, nodes_of, orchestrate};
+use crate::allocator::Allocator;
 use crate::scheduler::{self, FailureHistory, NodeSet};
 use crate::store::{MemoryStore, StoreError, WriteTx};
 
@@ -31,6 +32,7 @@ pub(super) struct Sim {
     pub failures: FailureHistory,
     /// Every orchestrator action, for tests that look at them.
     pub log: Vec<Action>,
+    allocator: Option<Allocator>,
 }
 
 /// A ready, active worker with 8 CPUs and 16 GB.
@@ -126,6 +128,7 @@ impl Sim {
             progress: HashMap::new(),
             failures: FailureHistory::new(),
             log: Vec::new(),
+            allocator: None,
         }
     }
 
@@ -224,8 +227,22 @@ impl Sim {
         all
     }
 
-    /// One scheduler pass; commits assignments and reasons.
+    /// One allocator pass, as the leader runs it before the scheduler:
+    /// NEW tasks become PENDING.
+    pub fn allocate(&mut self) {
+        let view = self.store.view();
+        let out = self
+            .allocator
+            .get_or_insert_with(|| Allocator::from_view(&view))
+            .pass(&view, self.now);
+        let actions = self.store.prepare(|tx| out.write(tx)).unwrap();
+        self.commit(actions);
+    }
+
+    /// One scheduler pass (after an allocator pass); commits assignments
+    /// and reasons.
     pub fn schedule(&mut self) -> scheduler::Decisions {
+        self.allocate();
         let view = self.store.view();
         let set = NodeSet::from_view(&view);
         let pending = scheduler::pending_tasks(&view);

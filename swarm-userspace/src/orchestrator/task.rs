@@ -10,12 +10,11 @@ use swarm_proto::v1::TaskState as S;
 use super::{Context, SlotKey};
 use crate::store::new_id;
 
-/// The observed state new tasks start in. There is no allocator yet, so
-/// tasks are created ready for the scheduler; once an allocator exists it
-/// should take them from NEW to PENDING instead.
-pub const NEW_TASK_STATE: S = S::Pending;
-/// The status message of a new task.
-pub const NEW_TASK_MESSAGE: &str = "pending task scheduling";
+/// The observed state new tasks start in: the allocator gives them their
+/// network addresses and moves them to PENDING, for the scheduler.
+pub const NEW_TASK_STATE: S = S::New;
+/// The status message of a new task (docker's).
+pub const NEW_TASK_MESSAGE: &str = "created";
 /// `--restart-delay` when the spec leaves it unset.
 pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(5);
 

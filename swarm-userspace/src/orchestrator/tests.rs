@@ -122,7 +122,7 @@ fn a_new_service_gets_slots_one_to_n_with_complete_tasks() {
         assert_eq!(t.service_annotations.as_ref().unwrap().name, "svc-web");
         assert_eq!(t.service_version, svc.meta.as_ref().unwrap().version);
         assert_eq!(desired(t), S::Running);
-        assert_eq!(st(t), S::Pending);
+        assert_eq!(st(t), S::New);
         let status = t.status.as_ref().unwrap();
         assert_eq!(status.timestamp, Some(at(0).into()));
         assert_eq!(status.message, NEW_TASK_MESSAGE);

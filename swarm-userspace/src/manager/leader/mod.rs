@@ -1,5 +1,6 @@
 //! The leader's control loops: they run the pure decision modules
-//! ([`orchestrator`](crate::orchestrator), [`scheduler`](crate::scheduler))
+//! ([`orchestrator`](crate::orchestrator), [`allocator`](crate::allocator),
+//! [`scheduler`](crate::scheduler))
 //! on store changes and write what those decide.
 //!
 //! Owns: when a pass runs (on commits, at the times a pass asked to be woken,
@@ -10,6 +11,7 @@
 //!
 //! Must never decide anything itself: what to create, stop or place comes
 //! from the decision modules.
+mod allocator;
 mod orchestrator;
 mod scheduler;
 
@@ -22,6 +24,7 @@ use crate::store::{StoreError, WatchItem, WatchStream, WriteTx};
 
 use super::{Manager, UpdateError};
 
+pub use allocator::AllocatorLoop;
 pub use orchestrator::OrchestratorLoop;
 pub use scheduler::SchedulerLoop;
 
