@@ -3,8 +3,11 @@
 //! and when.
 //!
 //! Restart counts come from the store, as swarmkit rebuilds them after a
-//! leader change: every task of an instance at the same service version
-//! (and job iteration) after the first was a restart. The task reaper keeps
+//! leader change: every task of an instance with the same task spec (and
+//! job iteration) after the first was a restart. The spec, not the
+//! service's version: that version moves with every write to the service
+//! (its endpoint, its update status), not only with spec changes, like
+//! swarmkit's `SpecVersion`. The task reaper keeps
 //! `max_attempts + 1` tasks per instance so the count stays whole.
 
 use std::time::SystemTime;
@@ -38,9 +41,7 @@ pub(crate) fn should_restart(
     let mut peers: Vec<&pb::Task> = instance
         .iter()
         .copied()
-        .filter(|t| {
-            t.service_version == task.service_version && t.job_iteration == task.job_iteration
-        })
+        .filter(|t| t.spec == task.spec && t.job_iteration == task.job_iteration)
         .collect();
     if !peers.iter().any(|t| id(t) == id(task)) {
         peers.push(task);
@@ -125,10 +126,24 @@ mod tests {
         assert!(should_restart(&t0, &[&t0], false, at(5)));
         assert!(should_restart(&t1, &[&t0, &t1], false, at(15)));
         assert!(!should_restart(&t2, &[&t0, &t1, &t2], false, at(25)));
-        // Another version does not count.
+        // Another spec does not count.
         let mut old = task("z", 0, S::Failed, p);
-        old.service_version = 6;
+        old.spec.as_mut().unwrap().force_update = 1;
         assert!(should_restart(&t1, &[&old, &t0, &t1], false, at(15)));
+    }
+
+    #[test]
+    fn writes_to_the_service_that_keep_its_spec_do_not_reset_the_count() {
+        // The service object was rewritten between the tasks (the
+        // allocator gave it its endpoint; an update status changed): its
+        // version moved, its spec did not.
+        let p = policy(pb::RestartCondition::Any, 2, 0);
+        let t0 = task("a", 0, S::Failed, p);
+        let mut t1 = task("b", 10, S::Failed, p);
+        t1.service_version = 8;
+        let mut t2 = task("c", 20, S::Failed, p);
+        t2.service_version = 9;
+        assert!(!should_restart(&t2, &[&t0, &t1, &t2], false, at(25)));
     }
 
     #[test]
