@@ -483,7 +483,16 @@ fn a_failing_update_rolls_back_by_itself() {
             RUN_TIMEOUT,
         )
         .failure();
-    assert!(out.stderr.contains("service rolled back"), "{out}");
+    let status =
+        n1.swarm(&["service", "inspect", "web"]).success().json()[0]["UpdateStatus"].clone();
+    let tasks = n1
+        .swarm(&["service", "ps", "--no-trunc", "web"])
+        .success()
+        .stdout;
+    assert!(
+        out.stderr.contains("service rolled back"),
+        "{out}\nupdate status then: {status}\n{tasks}"
+    );
     let inspect = eventually(RUN_TIMEOUT, "second rollback completed", || {
         let v = n1.swarm(&["service", "inspect", "web"]).success().json();
         (v[0]["UpdateStatus"]["State"] == "rollback_completed"
