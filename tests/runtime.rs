@@ -531,6 +531,48 @@ async fn limits_are_in_the_cgroup_and_removed_with_it() {
     );
 }
 
+/// Doubles a string in busybox awk until it holds `mib` MiB (plus the
+/// copies made on the way): memory really in use, unlike a pipe of zeros.
+fn allocate(mib: u32) -> String {
+    format!("awk 'BEGIN{{s=\"x\"; while (length(s) < {mib}*1024*1024) s = s s; print length(s)}}'")
+}
+
+fn memory_limit(c: &mut ContainerConfig, bytes: i64) {
+    c.resources = Some(pb::ResourceRequirements {
+        limits: Some(pb::Limits {
+            memory_bytes: bytes,
+            ..Default::default()
+        }),
+        reservations: None,
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_kills_are_recorded_as_137_and_oom_killed() {
+    let rt = Rt::new();
+    let id = rt.id("oom");
+    let mut c = rt.shell(&id, &allocate(64));
+    memory_limit(&mut c, 16 << 20);
+    let ctl = run(&rt.exec, c).await;
+    let exit = exit_of(ctl.as_ref()).await;
+    assert_eq!(exit.code, 137, "{exit:?}; log: {}", log_text(ctl.as_ref()));
+    assert!(exit.oom_killed, "{exit:?}");
+    let state = ctl.inspect().await.expect("inspect");
+    assert_eq!(state.exit, Some(exit));
+    ctl.remove().await.expect("remove");
+
+    // Under its limit: done, and not marked.
+    let id = rt.id("fits");
+    let mut c = rt.shell(&id, &allocate(1));
+    memory_limit(&mut c, 64 << 20);
+    let ctl = run(&rt.exec, c).await;
+    let exit = exit_of(ctl.as_ref()).await;
+    assert_eq!(exit, ExitStatus::code(0), "log: {}", log_text(ctl.as_ref()));
+    assert!(!exit.oom_killed);
+    assert!(log_text(ctl.as_ref()).contains("1048576"));
+    ctl.remove().await.expect("remove");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_quickly_and_exit_codes_are_recorded() {
     let rt = Rt::new();

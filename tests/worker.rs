@@ -164,6 +164,23 @@ fn failures_read_like_docker() {
         "service", "create", "--detach", "--name", "exits", &exits, "sh", "-c", "exit 3",
     ])
     .success();
+    // 16 MiB of memory, 64 MiB wanted: the OOM killer ends it.
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "oom",
+        "--limit-memory",
+        "16M",
+        "--restart-condition",
+        "none",
+        &exits,
+        "sh",
+        "-c",
+        "awk 'BEGIN{s=\"x\"; while (length(s) < 64*1024*1024) s = s s; print length(s)}'",
+    ])
+    .success();
     let missing = c.image("no-such-image:1");
     n1.swarm(&[
         "service", "create", "--detach", "--name", "missing", &missing,
@@ -180,6 +197,18 @@ fn failures_read_like_docker() {
         "{failed}"
     );
 
+    let oom = eventually(Duration::from_secs(60), "a task is OOM killed", || {
+        service_ps(n1, "oom")
+            .into_iter()
+            .find(|t| t["Status"]["State"] == "failed")
+    });
+    assert_eq!(
+        oom["Status"]["Err"], "task: non-zero exit (137): OOM killed",
+        "{oom}"
+    );
+    let table = n1.swarm(&["service", "ps", "--no-trunc", "oom"]).success();
+    assert!(table.stdout.contains("OOM killed"), "{table}");
+
     let rejected = eventually(Duration::from_secs(60), "a task is rejected", || {
         service_ps(n1, "missing")
             .into_iter()
@@ -190,7 +219,7 @@ fn failures_read_like_docker() {
     assert!(err.contains("no-such-image"), "{rejected}");
 
     // A node leaving the swarm takes its task containers along.
-    n1.swarm(&["service", "rm", "missing"]).success();
+    n1.swarm(&["service", "rm", "missing", "oom"]).success();
     n1.swarm(&["leave", "--force"]).success();
     let left = n1.data_root().join("containers");
     let entries = std::fs::read_dir(&left)

@@ -203,6 +203,11 @@ pub struct ExitStatus {
     /// The real status is unknown: the process ended while no one could
     /// collect it (its shim was killed). `code` is then 137.
     pub lost: bool,
+    /// The kernel's OOM killer killed a process of the container (its
+    /// memory cgroup counted an OOM kill), as docker's `OOMKilled`. Records
+    /// written before this field existed load as `false`.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ExitStatus {
@@ -211,6 +216,7 @@ impl ExitStatus {
             code,
             signal: None,
             lost: false,
+            oom_killed: false,
         }
     }
 
@@ -219,6 +225,7 @@ impl ExitStatus {
             code: 128 + signal,
             signal: Some(signal),
             lost: false,
+            oom_killed: false,
         }
     }
 
@@ -228,6 +235,15 @@ impl ExitStatus {
             code: 128 + libc::SIGKILL,
             signal: None,
             lost: true,
+            oom_killed: false,
+        }
+    }
+
+    /// The same status, marked as ended by the OOM killer when `killed`.
+    pub fn with_oom_killed(self, killed: bool) -> ExitStatus {
+        ExitStatus {
+            oom_killed: killed,
+            ..self
         }
     }
 }

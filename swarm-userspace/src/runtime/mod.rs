@@ -19,6 +19,7 @@
 //! then reported as 137 with [`ExitStatus::lost`] set.
 pub mod helper;
 pub mod layout;
+pub mod oom;
 pub mod reaper;
 pub mod shim;
 pub mod volumes;

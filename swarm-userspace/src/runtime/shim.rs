@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::helper::{HelperError, Target, io_err};
 use super::layout::{self, ExitRecord, Paths, Record, ShimRecord};
+use super::oom;
 use super::reaper::{self, PidFd, ProcId};
 use crate::executor::ExitStatus;
 use crate::executor::logs::{self, LineSplitter, Stream, Writer};
@@ -97,6 +98,8 @@ fn send(mut report: File, r: &ShimReport) {
 
 struct Created {
     init: PidFd,
+    /// The container's `linux.cgroupsPath`, where its OOM kills are counted.
+    cgroups_path: Option<String>,
     stdout: File,
     stderr: File,
     writer: Writer,
@@ -116,6 +119,7 @@ fn create(t: &Target) -> Result<Created, HelperError> {
         .map_err(io_err("reading the container record"))?
         .ok_or_else(|| HelperError::Other(format!("{} is missing", paths.record().display())))?;
     let writer = Writer::open(&paths.log(), record.log).map_err(io_err("opening the log file"))?;
+    let cgroups_path = cgroups_path(&paths.bundle().join("config.json"));
 
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
@@ -166,6 +170,7 @@ fn create(t: &Target) -> Result<Created, HelperError> {
     .map_err(fail)?;
     Ok(Created {
         init,
+        cgroups_path,
         stdout: File::from(out_r),
         stderr: File::from(err_r),
         writer,
@@ -279,7 +284,11 @@ fn supervise(paths: &Paths, mut c: Created) {
             }
         }
         if init_ready && exited_at.is_none() {
-            status = Some((collect(c.init.pid()), SystemTime::now()));
+            // Read now: the cgroup is deleted with the container, maybe
+            // right after the exit is recorded.
+            let oom_killed = c.cgroups_path.as_deref().is_some_and(oom_killed);
+            let exit = collect(c.init.pid()).with_oom_killed(oom_killed);
+            status = Some((exit, SystemTime::now()));
             exited_at = Some(Instant::now());
         }
     }
@@ -301,6 +310,29 @@ fn write_entry(w: &mut Writer, e: &logs::Entry) {
     if let Err(err) = w.write(e) {
         eprintln!("shim: writing the log: {err}");
     }
+}
+
+/// The spec's `linux.cgroupsPath`; `None` (and no OOM detection) if the
+/// spec cannot be read, which libcontainer would have refused anyway.
+fn cgroups_path(spec: &Path) -> Option<String> {
+    match oci_spec::runtime::Spec::load(spec) {
+        Ok(spec) => spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned()),
+        Err(e) => {
+            eprintln!("shim: reading {}: {e}", spec.display());
+            None
+        }
+    }
+}
+
+fn oom_killed(cgroups_path: &str) -> bool {
+    oom::killed(Path::new(oom::CGROUP_ROOT), cgroups_path).unwrap_or_else(|e| {
+        eprintln!("shim: reading the OOM kill count: {e}");
+        false
+    })
 }
 
 /// The init's exit status (it is our child).

@@ -127,6 +127,11 @@ impl Report {
                 "task: non-zero exit ({}): the exit status was lost (the container's shim died)",
                 exit.code
             ))
+        } else if exit.oom_killed {
+            // Docker shows this as `OOMKilled: true` in the container's
+            // state; the task's error is what `service ps` shows.
+            Report::new(TaskState::Failed, "started")
+                .err(format!("task: non-zero exit ({}): OOM killed", exit.code))
         } else {
             Report::new(TaskState::Failed, "started")
                 .err(format!("task: non-zero exit ({})", exit.code))
@@ -435,6 +440,28 @@ mod tests {
         let lost = Report::exited(ExitStatus::lost());
         assert_eq!(lost.state, T::Failed);
         assert!(lost.err.contains("lost"), "{}", lost.err);
+    }
+
+    #[test]
+    fn oom_kills_are_named() {
+        let oom = Report::exited(ExitStatus::signaled(9).with_oom_killed(true));
+        assert_eq!(oom.state, T::Failed);
+        assert_eq!(oom.err, "task: non-zero exit (137): OOM killed");
+        assert_eq!(oom.exit_code, 137);
+        // tini reports its child's death by SIGKILL as exit code 137.
+        let via_init = Report::exited(ExitStatus::code(137).with_oom_killed(true));
+        assert_eq!(via_init.err, "task: non-zero exit (137): OOM killed");
+        // A child killed while the init went on and succeeded: still done.
+        let survived = Report::exited(ExitStatus::code(0).with_oom_killed(true));
+        assert_eq!(survived.state, T::Complete);
+    }
+
+    #[test]
+    fn exit_records_from_before_oom_detection_still_load() {
+        let old: ExitStatus =
+            serde_json::from_str(r#"{"code":137,"signal":9,"lost":false}"#).unwrap();
+        assert_eq!(old, ExitStatus::signaled(9));
+        assert!(!old.oom_killed);
     }
 
     #[test]
