@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarm_bench::{failover, raft, report::Report, scale, services, stop};
+use swarm_bench::{chart, failover, raft, report::Report, scale, services, stop};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +20,7 @@ struct Cli {
     /// bench`; results record the profile they were built with).
     #[arg(long, global = true)]
     dev: bool,
-    /// Directory for <name>.json (default: <target>/bench, next to the
+    /// Directory for <name>.json and <name>.png (default: <target>/bench, next to the
     /// profile directory this binary is in).
     #[arg(long, global = true, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -89,6 +89,11 @@ fn finish(report: &Report, out: &std::path::Path) -> anyhow::Result<()> {
     print!("{}", report.render());
     let path = report.write_json(out)?;
     println!("json: {}", path.display());
+    // The chart is a convenience: the table and JSON above are the result.
+    match chart::write_png(report, out) {
+        Ok(png) => println!("chart: {}", png.display()),
+        Err(e) => eprintln!("swarm-bench: no chart for {}: {e:#}", report.name),
+    }
     Ok(())
 }
 
