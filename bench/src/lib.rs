@@ -7,6 +7,9 @@
 //! `<target>/bench/<name>.json` ([`report`]) and as a chart to
 //! `<target>/bench/<name>.png` ([`chart`]).
 //!
+//! - [`containers`]: one container from nothing to running (rootfs mount,
+//!   libcontainer create, start) one at a time and many at once on one
+//!   node; baseline is a plain fork/exec of the same command.
 //! - [`failover`]: leader `kill -9` to the first accepted write, on a
 //!   3-manager swarm of real daemons in network namespaces; baseline is
 //!   docker's Raft timing.
@@ -24,6 +27,7 @@
 //! Ctrl-C ([`stop`]).
 
 pub mod chart;
+pub mod containers;
 pub mod failover;
 pub mod raft;
 pub mod report;

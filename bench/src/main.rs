@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarm_bench::{chart, failover, raft, report::Report, scale, services, stop};
+use swarm_bench::{chart, containers, failover, raft, report::Report, scale, services, stop};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,16 @@ enum Bench {
     /// 100, scale 100 → 200, rolling update, removal); baseline the fake
     /// executor.
     Services,
+    /// Container create to running on one node (libcontainer executor), one
+    /// at a time and many at once; baseline plain fork/exec.
+    Containers {
+        /// Containers started one at a time (default 20, --quick 5).
+        #[arg(long)]
+        one: Option<usize>,
+        /// Containers started at once (default 50, --quick 10).
+        #[arg(long)]
+        many: Option<usize>,
+    },
     /// Simulated nodes on a 3-manager swarm: join time, heartbeat CPU,
     /// placement throughput, manager memory per task.
     Scale {
@@ -130,7 +140,15 @@ fn main() -> anyhow::Result<()> {
                 &scale::run(&scale::ScaleOpts::new(quick, None, None, None), quick)?,
                 &out,
             )?;
+            finish(
+                &containers::run(&containers::ContainersOpts::new(quick, None, None), quick)?,
+                &out,
+            )?;
         }
+        Bench::Containers { one, many } => finish(
+            &containers::run(&containers::ContainersOpts::new(quick, one, many), quick)?,
+            &out,
+        )?,
         Bench::Services => finish(
             &services::run(&services::ServicesOpts::new(quick), quick)?,
             &out,
