@@ -29,7 +29,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use nix::sys::signal::{Signal as NixSignal, kill};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal as NixSignal, kill, pthread_sigmask};
 use nix::unistd::Pid;
 use serde::Serialize;
 use swarm::executor::{ContainerConfig, Controller, Executor, ImageConfig, NetworkMode, Status};
@@ -262,17 +262,26 @@ impl Drop for Children {
 /// `tini -- busybox sleep 3600` as a child; `spawn` returns once the exec
 /// succeeded, which is when the process runs the command.
 fn spawn_plain() -> anyhow::Result<(Child, f64)> {
+    // This process blocks SIGTERM (see `stop`) and children inherit the
+    // mask: tini would pass SIGTERM on to a `sleep` that never sees it.
+    // Unblocked on this thread only, around the spawn.
+    let mut term = SigSet::empty();
+    term.add(NixSignal::SIGTERM);
+    pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&term), None)
+        .context("unblocking SIGTERM for the child")?;
     let t = Instant::now();
-    let child = Command::new(HOST_TINI)
+    let spawned = Command::new(HOST_TINI)
         .args(["--", HOST_BUSYBOX, "sleep", "3600"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!("starting {HOST_TINI} (Debian's tini-static, installed by scripts/setup.sh)")
-        })?;
-    Ok((child, t.elapsed().as_secs_f64() * 1e3))
+        .spawn();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&term), None).context("blocking SIGTERM again")?;
+    let child = spawned.with_context(|| {
+        format!("starting {HOST_TINI} (Debian's tini-static, installed by scripts/setup.sh)")
+    })?;
+    Ok((child, ms))
 }
 
 fn baseline(opts: &ContainersOpts) -> anyhow::Result<(Vec<f64>, Vec<f64>, f64)> {
