@@ -4,8 +4,12 @@
 //! Every benchmark compares a candidate with a baseline measured in the
 //! same run, prints a table (candidate, baseline, ratio) with the machine's
 //! load before and after, and writes the same as JSON to
-//! `<target>/bench/<name>.json` ([`report`]).
+//! `<target>/bench/<name>.json` ([`report`]) and as a chart to
+//! `<target>/bench/<name>.png` ([`chart`]).
 //!
+//! - [`containers`]: one container from nothing to running (rootfs mount,
+//!   libcontainer create, start) one at a time and many at once on one
+//!   node; baseline is a plain fork/exec of the same command.
 //! - [`failover`]: leader `kill -9` to the first accepted write, on a
 //!   3-manager swarm of real daemons in network namespaces; baseline is
 //!   docker's Raft timing.
@@ -22,6 +26,8 @@
 //! daemons, temp dirs, threads) is gone when they return, also on error or
 //! Ctrl-C ([`stop`]).
 
+pub mod chart;
+pub mod containers;
 pub mod failover;
 pub mod raft;
 pub mod report;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarm_bench::{failover, raft, report::Report, scale, services, stop};
+use swarm_bench::{chart, containers, failover, raft, report::Report, scale, services, stop};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,7 +20,7 @@ struct Cli {
     /// bench`; results record the profile they were built with).
     #[arg(long, global = true)]
     dev: bool,
-    /// Directory for <name>.json (default: <target>/bench, next to the
+    /// Directory for <name>.json and <name>.png (default: <target>/bench, next to the
     /// profile directory this binary is in).
     #[arg(long, global = true, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -60,6 +60,16 @@ enum Bench {
     /// 100, scale 100 → 200, rolling update, removal); baseline the fake
     /// executor.
     Services,
+    /// Container create to running on one node (libcontainer executor), one
+    /// at a time and many at once; baseline plain fork/exec.
+    Containers {
+        /// Containers started one at a time (default 20, --quick 5).
+        #[arg(long)]
+        one: Option<usize>,
+        /// Containers started at once (default 50, --quick 10).
+        #[arg(long)]
+        many: Option<usize>,
+    },
     /// Simulated nodes on a 3-manager swarm: join time, heartbeat CPU,
     /// placement throughput, manager memory per task.
     Scale {
@@ -89,6 +99,11 @@ fn finish(report: &Report, out: &std::path::Path) -> anyhow::Result<()> {
     print!("{}", report.render());
     let path = report.write_json(out)?;
     println!("json: {}", path.display());
+    // The chart is a convenience: the table and JSON above are the result.
+    match chart::write_png(report, out) {
+        Ok(png) => println!("chart: {}", png.display()),
+        Err(e) => eprintln!("swarm-bench: no chart for {}: {e:#}", report.name),
+    }
     Ok(())
 }
 
@@ -125,7 +140,15 @@ fn main() -> anyhow::Result<()> {
                 &scale::run(&scale::ScaleOpts::new(quick, None, None, None), quick)?,
                 &out,
             )?;
+            finish(
+                &containers::run(&containers::ContainersOpts::new(quick, None, None), quick)?,
+                &out,
+            )?;
         }
+        Bench::Containers { one, many } => finish(
+            &containers::run(&containers::ContainersOpts::new(quick, one, many), quick)?,
+            &out,
+        )?,
         Bench::Services => finish(
             &services::run(&services::ServicesOpts::new(quick), quick)?,
             &out,

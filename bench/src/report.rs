@@ -92,7 +92,7 @@ impl Row {
 
     /// "4.2x faster", "0.61x the baseline", ...: the ratio read in the
     /// metric's good direction.
-    fn verdict(&self) -> String {
+    pub(crate) fn verdict(&self) -> String {
         let Some(r) = self.ratio else {
             return String::new();
         };
@@ -180,7 +180,7 @@ pub struct Report {
     pub details: serde_json::Value,
 }
 
-fn fmt_num(x: f64) -> String {
+pub(crate) fn fmt_num(x: f64) -> String {
     let a = x.abs();
     if a >= 1000.0 {
         format!("{x:.0}")

@@ -11,7 +11,7 @@
 //!   Ctrl-C (the README's first command ends here).
 //!
 //! - `bench`: build release binaries and run the benchmarks
-//!   (`cargo xtask bench [failover|raft] [--quick]`; see [`bench`]).
+//!   (`cargo xtask bench [NAME] [--quick]`; see [`bench`]).
 //!
 //! Owns nothing of its own: the recipes and the registry are
 //! `swarm_harness::images`, so tests and humans see the same images.
@@ -53,10 +53,10 @@ enum Task {
         #[arg(long)]
         no_wait: bool,
     },
-    /// Build release binaries and run benchmarks: `bench [all|failover|raft]
+    /// Build release binaries and run benchmarks: `bench [all|NAME]
     /// [--quick] [--dev]`. Arguments go to swarm-bench unchanged
     /// (`cargo xtask bench --help` shows them). Results: a table, and JSON
-    /// in <target>/bench/.
+    /// and a PNG chart in <target>/bench/.
     #[command(disable_help_flag = true)]
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
