@@ -52,7 +52,10 @@ fn daemons_start_stop_crash_restart_and_are_cleaned_up() {
     for want in [
         "\"daemon\", \"--data-root\"",
         &format!("\"unix://{}\"", n1.socket().display()),
-        "\"--log-level\", \"debug\", \"--log-format\", \"text\", \"--node-name\", \"n1\"",
+        "\"--log-level\", \"debug\", \"--log-format\", \"text\"",
+        // Container cgroups go under the cluster's prefix, swept at teardown.
+        "\"--cgroup-parent\", \"swt-",
+        "\"--node-name\", \"n1\"",
     ] {
         assert!(log.contains(want), "{want} not in log:\n{log}");
     }
