@@ -2,6 +2,16 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // A mask inherited from whoever started us (a supervisor, a benchmark
+    // runner) would pass on to every container: with SIGTERM blocked, every
+    // stop would wait out its whole grace period. Start from a clean one.
+    if let Err(e) = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    ) {
+        eprintln!("warning: cannot clear the signal mask: {e}");
+    }
     let cli = swarm::cli::Cli::parse();
     // The runtime's helpers call libcontainer, which must not share a process
     // with other threads: they run before (and without) the async runtime.

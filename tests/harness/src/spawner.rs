@@ -27,7 +27,7 @@ static SPAWNER: OnceLock<mpsc::Sender<Request>> = OnceLock::new();
 pub(crate) fn spawn(mut cmd: Command) -> io::Result<Child> {
     let parent = std::process::id();
     // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
-    // getppid) between fork and exec, and allocates nothing (errors are
+    // getppid, sigemptyset, sigprocmask) between fork and exec, and allocates nothing (errors are
     // built from raw errno values).
     unsafe {
         cmd.pre_exec(move || {
@@ -38,6 +38,14 @@ pub(crate) fn spawn(mut cmd: Command) -> io::Result<Child> {
             // signal never comes, so refuse to run orphaned.
             if libc::getppid() as u32 != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            // A runner that blocks signals to clean up on Ctrl-C (the
+            // benchmarks) must not pass that mask on: children would
+            // ignore SIGTERM.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
             }
             Ok(())
         });
