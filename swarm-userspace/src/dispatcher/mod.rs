@@ -53,9 +53,19 @@ pub struct Dispatcher {
     /// from then to reconnect before they are marked down.
     leader_since: Arc<Mutex<Option<Instant>>>,
     router: Router,
+    /// Task status reports waiting for the next combined write.
+    reports: mpsc::UnboundedSender<Report>,
+    reports_rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<Report>>>>,
     /// The manager list of the last session message, by store version and
     /// leader: thousands of sessions refreshing at once compute it once.
     managers: Arc<Mutex<Option<ManagersAt>>>,
+}
+
+/// One node's `UpdateTaskStatus` call, waiting for its write.
+struct Report {
+    node_id: String,
+    updates: Vec<pb::update_task_status_request::TaskStatusUpdate>,
+    done: tokio::sync::oneshot::Sender<Result<(), Status>>,
 }
 
 struct ManagersAt {
@@ -86,11 +96,14 @@ fn millis(d: Duration) -> u64 {
 
 impl Dispatcher {
     pub fn new(m: Manager) -> Self {
+        let (reports_tx, reports_rx) = mpsc::unbounded_channel();
         Dispatcher {
             m,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             leader_since: Arc::new(Mutex::new(None)),
             router: Router::default(),
+            reports: reports_tx,
+            reports_rx: Arc::new(Mutex::new(Some(reports_rx))),
             managers: Arc::new(Mutex::new(None)),
         }
     }
@@ -222,8 +235,114 @@ impl Dispatcher {
                 .clone()
                 .run(self.m.store.clone(), shutdown.clone()),
         );
+        let rx = self
+            .reports_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let writing = rx.map(|rx| tokio::spawn(self.clone().write_reports(rx, shutdown.clone())));
         self.leader_duties(shutdown).await;
         let _ = routing.await;
+        if let Some(w) = writing {
+            let _ = w.await;
+        }
+    }
+
+    /// Writes task status reports: everything that arrived while the
+    /// previous write was in flight goes out as one proposal (group
+    /// commit), so thousands of nodes reporting at once cost a few Raft
+    /// entries, not one each.
+    async fn write_reports(
+        self,
+        mut rx: mpsc::UnboundedReceiver<Report>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < 10_000
+                && let Ok(r) = rx.try_recv()
+            {
+                batch.push(r);
+            }
+            let result = self.write_batch(&batch).await;
+            for r in batch {
+                let _ = r.done.send(result.clone());
+            }
+        }
+    }
+
+    async fn write_batch(&self, batch: &[Report]) -> Result<(), Status> {
+        if !self.m.is_leader() {
+            return Err(self.not_leader());
+        }
+        // Read, check and write under the write lock, so that the leader
+        // loops' batches and this one never conflict.
+        let _w = self.m.write_lock().await;
+        let view = self.m.store.view();
+        let mut tasks: HashMap<String, pb::Task> = HashMap::new();
+        for r in batch {
+            for u in &r.updates {
+                let Some(t) = view.get::<pb::Task>(&u.task_id) else {
+                    continue; // Removed meanwhile: nothing to report to.
+                };
+                // Moved to another node meanwhile: not this node's to report.
+                if t.node_id != r.node_id {
+                    continue;
+                }
+                let Some(status) = u.status.clone() else {
+                    continue;
+                };
+                let current = tasks
+                    .get(&u.task_id)
+                    .and_then(|t| t.status.as_ref())
+                    .or(t.status.as_ref())
+                    .map_or(0, |s| s.state);
+                // States only move forward; a late report is dropped.
+                if status.state < current {
+                    continue;
+                }
+                if status.state >= pb::TaskState::Running as i32
+                    && current < pb::TaskState::Running as i32
+                    && let Some(created) = t.meta.as_ref().and_then(|m| m.created_at)
+                    && let Ok(created) = std::time::SystemTime::try_from(created)
+                    && let Ok(delay) = std::time::SystemTime::now().duration_since(created)
+                {
+                    crate::metrics::metrics()
+                        .dispatcher_scheduling_delay
+                        .observe(delay.as_secs_f64());
+                }
+                let entry = tasks
+                    .entry(u.task_id.clone())
+                    .or_insert_with(|| (*t).clone());
+                entry.status = Some(status);
+            }
+        }
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let actions = self
+            .m
+            .store
+            .prepare(|tx: &mut WriteTx| {
+                for t in tasks.into_values() {
+                    tx.update(t)?;
+                }
+                Ok::<(), crate::store::StoreError>(())
+            })
+            .map_err(|e| Status::internal(e.to_string()))?;
+        self.m
+            .proposer
+            .propose(actions)
+            .await
+            .map_err(crate::manager::caserver::propose_status)?;
+        Ok(())
     }
 
     async fn leader_duties(&self, shutdown: CancellationToken) {
@@ -500,61 +619,30 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         }
         let who = self.caller(&req)?;
         self.check_session(&who.node_id, &req.get_ref().session_id)?;
-        // Read, check and write under the write lock, so that the
-        // leader loops' batches and this one never conflict.
-        let _w = self.m.write_lock().await;
+        // A task on another node is refused at once; the rest waits for
+        // the next combined write.
         let view = self.m.store.view();
-        let mut tasks = Vec::new();
         for u in &req.get_ref().updates {
-            let Some(t) = view.get::<pb::Task>(&u.task_id) else {
-                continue; // Removed meanwhile: nothing to report to.
-            };
-            if t.node_id != who.node_id {
+            if let Some(t) = view.get::<pb::Task>(&u.task_id)
+                && t.node_id != who.node_id
+            {
                 return Err(Status::permission_denied(format!(
                     "task {} is not assigned to this node",
                     u.task_id
                 )));
             }
-            let Some(status) = u.status.clone() else {
-                continue;
-            };
-            let current = t.status.as_ref().map_or(0, |s| s.state);
-            // States only move forward; a late report is dropped.
-            if status.state < current {
-                continue;
-            }
-            if status.state >= pb::TaskState::Running as i32
-                && current < pb::TaskState::Running as i32
-                && let Some(created) = t.meta.as_ref().and_then(|m| m.created_at)
-                && let Ok(created) = std::time::SystemTime::try_from(created)
-                && let Ok(delay) = std::time::SystemTime::now().duration_since(created)
-            {
-                crate::metrics::metrics()
-                    .dispatcher_scheduling_delay
-                    .observe(delay.as_secs_f64());
-            }
-            let mut nt = (*t).clone();
-            nt.status = Some(status);
-            tasks.push(nt);
         }
-        if tasks.is_empty() {
-            return Ok(Response::new(pb::UpdateTaskStatusResponse {}));
-        }
-        let actions = self
-            .m
-            .store
-            .prepare(|tx: &mut WriteTx| {
-                for t in tasks {
-                    tx.update(t)?;
-                }
-                Ok::<(), crate::store::StoreError>(())
+        drop(view);
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.reports
+            .send(Report {
+                node_id: who.node_id,
+                updates: req.into_inner().updates,
+                done,
             })
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.m
-            .proposer
-            .propose(actions)
-            .await
-            .map_err(crate::manager::caserver::propose_status)?;
+            .map_err(|_| Status::unavailable("the dispatcher is shutting down"))?;
+        wait.await
+            .map_err(|_| Status::unavailable("the dispatcher is shutting down"))??;
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
     }
 }
