@@ -8,10 +8,10 @@ use swarm_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use crate::allocator::Allocator;
-use crate::store::{Object, WatchItem};
+use crate::store::{Object, ReadTx, WatchItem};
 use crate::supervisor::{ControlLoop, LoopError};
 
-use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_chunked, until_leader};
+use super::{Manager, Term, lead, propose_chunked};
 
 /// Allocates network resources while this manager leads.
 pub struct AllocatorLoop {
@@ -48,18 +48,28 @@ impl AllocatorLoop {
     pub fn new(m: Manager) -> Self {
         AllocatorLoop { m }
     }
+}
 
-    async fn pass(&self, alloc: &mut Allocator) -> Result<usize, super::UpdateError> {
-        let _w = self.m.write_lock().await;
-        let view = self.m.store.view();
-        let out = alloc.pass(&view, SystemTime::now());
+/// A term's allocator: everything it needs is in the store, so a new
+/// leader (or a retry after a failed write) rebuilds it from a view.
+struct AllocatorTerm(Allocator);
+
+impl Term for AllocatorTerm {
+    fn start(view: &ReadTx) -> Self {
+        AllocatorTerm(Allocator::from_view(view))
+    }
+
+    async fn pass(&mut self, m: &Manager) -> Result<usize, super::UpdateError> {
+        let _w = m.write_lock().await;
+        let view = m.store.view();
+        let out = self.0.pass(&view, SystemTime::now());
         for p in &out.problems {
             tracing::warn!(problem = %p, "allocator");
         }
         if out.is_empty() {
             return Ok(0);
         }
-        let n = propose_chunked(&self.m, |tx| out.write(tx)).await?;
+        let n = propose_chunked(m, |tx| out.write(tx)).await?;
         tracing::debug!(
             tasks = out.tasks.len(),
             services = out.services.len(),
@@ -69,6 +79,14 @@ impl AllocatorLoop {
         );
         Ok(n)
     }
+
+    fn wants_pass(&mut self, items: &[WatchItem]) -> bool {
+        wants_pass(items)
+    }
+
+    fn failed(&mut self, m: &Manager) {
+        self.0 = Allocator::from_view(&m.store.view());
+    }
 }
 
 impl ControlLoop for AllocatorLoop {
@@ -77,36 +95,7 @@ impl ControlLoop for AllocatorLoop {
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<(), LoopError> {
-        loop {
-            if !until_leader(&self.m, &shutdown).await {
-                return Ok(());
-            }
-            let (view, mut watch) = self.m.store.watch();
-            // Everything it needs is in the store: a new leader rebuilds it.
-            let mut alloc = Allocator::from_view(&view);
-            drop(view);
-            let mut want = true;
-            while self.m.is_leader() {
-                if want {
-                    if let Err(e) = self.pass(&mut alloc).await {
-                        tracing::info!(error = %e, "allocator pass failed; retrying");
-                        alloc = Allocator::from_view(&self.m.store.view());
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(RETRY_DELAY) => {}
-                        }
-                        continue;
-                    }
-                    want = false;
-                }
-                let deadline = tokio::time::Instant::now() + LEADERSHIP_CHECK;
-                match super::next_wake(&mut watch, deadline, &shutdown).await {
-                    Wake::Shutdown => return Ok(()),
-                    Wake::Deadline => {}
-                    Wake::Items(items) => want = wants_pass(&items),
-                }
-            }
-        }
+        lead::<AllocatorTerm>(&self.m, "allocator", &shutdown).await
     }
 }
 

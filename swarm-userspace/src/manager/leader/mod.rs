@@ -20,7 +20,8 @@ use std::time::Duration;
 use swarm_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{StoreError, WatchItem, WatchStream, WriteTx};
+use crate::store::{ReadTx, StoreError, WatchItem, WatchStream, WriteTx};
+use crate::supervisor::LoopError;
 
 use super::{Manager, UpdateError};
 
@@ -104,4 +105,56 @@ async fn propose_chunked(
         m.proposer.propose(chunk).await?;
     }
     Ok(n)
+}
+
+/// What one term of leadership of an event-driven leader loop remembers,
+/// and what it does with it: a pass, and which commits call for one.
+trait Term: Sized + Send {
+    /// The memory at the start of a term, from the store alone.
+    fn start(view: &ReadTx) -> Self;
+    /// One pass on the newest view; its writes are proposed when it returns.
+    fn pass(&mut self, m: &Manager) -> impl Future<Output = Result<usize, UpdateError>> + Send;
+    /// Whether these commits call for a pass.
+    fn wants_pass(&mut self, items: &[WatchItem]) -> bool;
+    /// After a failed pass, before the retry.
+    fn failed(&mut self, _m: &Manager) {}
+}
+
+/// Runs passes of `T` while this manager leads: one at the start of each
+/// term, then one whenever commits call for it; a failed pass is retried
+/// after [`RETRY_DELAY`].
+async fn lead<T: Term>(
+    m: &Manager,
+    name: &str,
+    shutdown: &CancellationToken,
+) -> Result<(), LoopError> {
+    loop {
+        if !until_leader(m, shutdown).await {
+            return Ok(());
+        }
+        let (view, mut watch) = m.store.watch();
+        let mut term = T::start(&view);
+        drop(view);
+        let mut want = true;
+        while m.is_leader() {
+            if want {
+                if let Err(e) = term.pass(m).await {
+                    tracing::info!(error = %e, "{name} pass failed; retrying");
+                    term.failed(m);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(RETRY_DELAY) => {}
+                    }
+                    continue;
+                }
+                want = false;
+            }
+            let deadline = tokio::time::Instant::now() + LEADERSHIP_CHECK;
+            match next_wake(&mut watch, deadline, shutdown).await {
+                Wake::Shutdown => return Ok(()),
+                Wake::Deadline => {}
+                Wake::Items(items) => want = term.wants_pass(&items),
+            }
+        }
+    }
 }

@@ -7,10 +7,10 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::scheduler::{FailureHistory, NodeSet, is_schedulable, pending_tasks, schedule};
-use crate::store::{Object, WatchItem};
+use crate::store::{Object, ReadTx, WatchItem};
 use crate::supervisor::{ControlLoop, LoopError};
 
-use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_chunked, until_leader};
+use super::{Manager, Term, lead, propose_chunked};
 
 /// Places pending tasks while this manager leads.
 pub struct SchedulerLoop {
@@ -54,10 +54,20 @@ impl SchedulerLoop {
     pub fn new(m: Manager) -> Self {
         SchedulerLoop { m }
     }
+}
 
-    async fn pass(&self, failures: &mut FailureHistory) -> Result<usize, super::UpdateError> {
-        let _w = self.m.write_lock().await;
-        let view = self.m.store.view();
+/// A term's memory: recent task failures, which rank nodes down.
+struct SchedulerTerm(FailureHistory);
+
+impl Term for SchedulerTerm {
+    fn start(_: &ReadTx) -> Self {
+        SchedulerTerm(FailureHistory::new())
+    }
+
+    async fn pass(&mut self, m: &Manager) -> Result<usize, super::UpdateError> {
+        let failures = &mut self.0;
+        let _w = m.write_lock().await;
+        let view = m.store.view();
         let pending = pending_tasks(&view);
         if pending.is_empty() {
             return Ok(0);
@@ -68,7 +78,7 @@ impl SchedulerLoop {
         let decisions = schedule(&NodeSet::from_view(&view), &pending, failures, now);
         let decided = started.elapsed();
         let placed = decisions.assigned.len();
-        let n = propose_chunked(&self.m, |tx| decisions.write(tx, now)).await?;
+        let n = propose_chunked(m, |tx| decisions.write(tx, now)).await?;
         tracing::debug!(
             pending = pending.len(),
             placed,
@@ -79,6 +89,10 @@ impl SchedulerLoop {
         );
         Ok(placed)
     }
+
+    fn wants_pass(&mut self, items: &[WatchItem]) -> bool {
+        wants_pass(items, &mut self.0, SystemTime::now())
+    }
 }
 
 impl ControlLoop for SchedulerLoop {
@@ -87,35 +101,7 @@ impl ControlLoop for SchedulerLoop {
     }
 
     async fn run(self, shutdown: CancellationToken) -> Result<(), LoopError> {
-        loop {
-            if !until_leader(&self.m, &shutdown).await {
-                return Ok(());
-            }
-            let (_, mut watch) = self.m.store.watch();
-            let mut failures = FailureHistory::new();
-            let mut want = true;
-            while self.m.is_leader() {
-                if want {
-                    if let Err(e) = self.pass(&mut failures).await {
-                        tracing::info!(error = %e, "scheduler pass failed; retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return Ok(()),
-                            () = tokio::time::sleep(RETRY_DELAY) => {}
-                        }
-                        continue;
-                    }
-                    want = false;
-                }
-                let deadline = tokio::time::Instant::now() + LEADERSHIP_CHECK;
-                match super::next_wake(&mut watch, deadline, &shutdown).await {
-                    Wake::Shutdown => return Ok(()),
-                    Wake::Deadline => {}
-                    Wake::Items(items) => {
-                        want = wants_pass(&items, &mut failures, SystemTime::now());
-                    }
-                }
-            }
-        }
+        lead::<SchedulerTerm>(&self.m, "scheduler", &shutdown).await
     }
 }
 
