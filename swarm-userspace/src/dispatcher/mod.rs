@@ -21,6 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+pub mod netstate;
 pub mod router;
 
 use crate::{
@@ -507,7 +508,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                     item = sub.rx.recv() => match item {
                         None => return,
                         // Task changes go out on the assignments stream.
-                        Some(Routed::Tasks { .. }) => continue,
+                        Some(Routed::Tasks { .. } | Routed::Net { .. }) => continue,
                         Some(Routed::Refresh | Routed::Resync(_)) => {}
                     },
                 }
@@ -554,17 +555,24 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let (tx, rx) = mpsc::channel(16);
         let node_id = who.node_id;
         let (view, mut sub) = self.router.subscribe(&self.m.store, &node_id);
+        let store = self.m.store.clone();
         tokio::spawn(async move {
-            let full = |view: &crate::store::ReadTx| pb::AssignmentsMessage {
-                r#type: pb::assignments_message::Type::Full as i32,
-                updated_tasks: view
-                    .tasks_by_node(&node_id)
-                    .iter()
-                    .map(|t| (**t).clone())
-                    .collect(),
-                removed_task_ids: Vec::new(),
+            let mut net = netstate::NodeNetState::new(&node_id);
+            let full = |net: &mut netstate::NodeNetState, view: &crate::store::ReadTx| {
+                let mut m = pb::AssignmentsMessage {
+                    r#type: pb::assignments_message::Type::Full as i32,
+                    updated_tasks: view
+                        .tasks_by_node(&node_id)
+                        .iter()
+                        .map(|t| (**t).clone())
+                        .collect(),
+                    ..Default::default()
+                };
+                net.reset();
+                net.sync_all(view, &mut m);
+                m
             };
-            if tx.send(Ok(full(&view))).await.is_err() {
+            if tx.send(Ok(full(&mut net, &view))).await.is_err() {
                 return;
             }
             let from = sub.from_version;
@@ -579,14 +587,29 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                 let msg = match item {
                     Routed::Refresh => continue,
                     // Already in the full set sent first.
-                    Routed::Tasks { version, .. } if version <= from => continue,
-                    Routed::Resync(view) => full(&view),
+                    Routed::Tasks { version, .. } | Routed::Net { version, .. }
+                        if version <= from =>
+                    {
+                        continue;
+                    }
+                    Routed::Resync(view) => full(&mut net, &view),
+                    Routed::Net { events, .. } => {
+                        let mut m = pb::AssignmentsMessage {
+                            r#type: pb::assignments_message::Type::Incremental as i32,
+                            ..Default::default()
+                        };
+                        net.sync(&store.view(), &events, false, &mut m);
+                        if is_empty(&m) {
+                            continue;
+                        }
+                        m
+                    }
                     Routed::Tasks { events, .. } => {
                         let mut m = pb::AssignmentsMessage {
                             r#type: pb::assignments_message::Type::Incremental as i32,
                             ..Default::default()
                         };
-                        for e in events {
+                        for e in &events {
                             let Some(t) = e.object.as_task() else {
                                 continue;
                             };
@@ -598,6 +621,19 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                             } else {
                                 m.updated_tasks.push(t.clone());
                             }
+                        }
+                        let on_networks = events.iter().any(|e| {
+                            [Some(&e.object), e.old.as_ref()]
+                                .into_iter()
+                                .flatten()
+                                .any(|o| {
+                                    o.as_task().is_some_and(|t| {
+                                        netstate::task_network_ids(t).next().is_some()
+                                    })
+                                })
+                        });
+                        if on_networks {
+                            net.sync(&store.view(), &events, true, &mut m);
                         }
                         m
                     }
@@ -652,4 +688,16 @@ fn update_status(e: crate::manager::UpdateError) -> Status {
         crate::manager::UpdateError::Store(e) => Status::internal(e.to_string()),
         crate::manager::UpdateError::Propose(e) => crate::manager::caserver::propose_status(e),
     }
+}
+
+/// Whether an incremental message carries nothing.
+fn is_empty(m: &pb::AssignmentsMessage) -> bool {
+    m.updated_tasks.is_empty()
+        && m.removed_task_ids.is_empty()
+        && m.updated_networks.is_empty()
+        && m.removed_network_ids.is_empty()
+        && m.updated_peers.is_empty()
+        && m.removed_peers.is_empty()
+        && m.updated_services.is_empty()
+        && m.removed_service_ids.is_empty()
 }

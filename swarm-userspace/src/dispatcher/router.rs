@@ -3,11 +3,13 @@
 //! leader's cost per commit grows with the commit, not with the number of
 //! connected nodes.
 //!
-//! Owns: the subscriber lists and the routing rule (task events go to the
-//! nodes the task is or was on; node events to that node; changes to the
-//! manager list or the cluster object to every session). Must never write
-//! the store or talk to nodes itself.
-use std::collections::HashMap;
+//! Owns: the subscriber lists, which nodes are on which overlay network,
+//! and the routing rule (task events go to the nodes the task is or was on;
+//! events of tasks, services and networks on an overlay network to the
+//! nodes on that network; node events to that node; changes to the manager
+//! list or the cluster object to every session). Must never write the
+//! store or talk to nodes itself.
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -22,6 +24,9 @@ use crate::store::{Event, MemoryStore, Object, ReadTx, WatchItem};
 pub enum Routed {
     /// Task events of one commit that concern the subscriber's node.
     Tasks { version: u64, events: Vec<Event> },
+    /// Events of tasks, services and networks on overlay networks the
+    /// subscriber's node is on: for its overlay state.
+    Net { version: u64, events: Vec<Event> },
     /// The node's own object changed, or something every session shows
     /// (the manager list, the cluster's settings): send a fresh session
     /// message.
@@ -33,10 +38,14 @@ pub enum Routed {
 
 type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<Routed>)>>;
 
+/// network ID → node ID → how many of the node's tasks are attached to it.
+type Membership = HashMap<String, HashMap<String, u32>>;
+
 /// Cheap to clone; one per dispatcher.
 #[derive(Clone, Default)]
 pub struct Router {
     subs: Arc<Mutex<Subscribers>>,
+    members: Arc<Mutex<Membership>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -92,6 +101,55 @@ fn task_nodes(e: &Event) -> [Option<&str>; 2] {
     [now, before]
 }
 
+/// The overlay networks an object is on, as far as the object itself says.
+fn networks_of(o: &Object) -> Vec<&str> {
+    match o {
+        Object::Task(t) => super::netstate::task_network_ids(t).collect(),
+        Object::Service(s) => {
+            let mut out: Vec<&str> = s
+                .endpoint
+                .iter()
+                .flat_map(|e| e.virtual_ips.iter().map(|v| v.network_id.as_str()))
+                .collect();
+            if let Some(t) = s.spec.as_ref().and_then(|s| s.task.as_ref()) {
+                out.extend(t.networks.iter().map(|a| a.target.as_str()));
+            }
+            out
+        }
+        Object::Network(n) => vec![n.meta.as_ref().map_or("", |m| m.id.as_str())],
+        _ => Vec::new(),
+    }
+}
+
+fn count_task(members: &mut Membership, o: &Object, add: bool) {
+    let Some(t) = o.as_task().filter(|t| !t.node_id.is_empty()) else {
+        return;
+    };
+    for net in super::netstate::task_network_ids(t) {
+        let nodes = members.entry(net.to_owned()).or_default();
+        let n = nodes.entry(t.node_id.clone()).or_default();
+        if add {
+            *n += 1;
+        } else {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                nodes.remove(&t.node_id);
+            }
+        }
+        if nodes.is_empty() {
+            members.remove(net);
+        }
+    }
+}
+
+fn membership(view: &ReadTx) -> Membership {
+    let mut m = Membership::new();
+    for t in view.list::<pb::Task>() {
+        count_task(&mut m, &Object::Task(t), true);
+    }
+    m
+}
+
 impl Router {
     fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
         self.subs.lock().unwrap_or_else(PoisonError::into_inner)
@@ -126,8 +184,10 @@ impl Router {
 
     fn route(&self, item: &WatchItem) {
         let mut subs = self.lock();
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         match item {
             WatchItem::Resync { view, .. } => {
+                *members = membership(view);
                 for list in subs.values() {
                     for (_, tx) in list {
                         let _ = tx.send(Routed::Resync(view.clone()));
@@ -153,6 +213,44 @@ impl Router {
                         }
                         Object::Cluster(_) => global = true,
                         _ => {}
+                    }
+                }
+                // Overlay: membership first, so a node that joins a network
+                // in this commit also hears of the rest of the commit.
+                for e in events {
+                    if let Object::Task(_) = &e.object {
+                        if let Some(old) = &e.old {
+                            count_task(&mut members, old, false);
+                        }
+                        if e.kind != crate::store::EventKind::Removed {
+                            count_task(&mut members, &e.object, true);
+                        }
+                    }
+                }
+                let mut net: HashMap<&str, Vec<Event>> = HashMap::new();
+                for e in events {
+                    let mut nets: BTreeSet<&str> = networks_of(&e.object).into_iter().collect();
+                    if let Some(old) = &e.old {
+                        nets.extend(networks_of(old));
+                    }
+                    let mut nodes: BTreeSet<&str> = BTreeSet::new();
+                    for n in nets {
+                        if let Some(on) = members.get(n) {
+                            nodes.extend(on.keys().map(String::as_str));
+                        }
+                    }
+                    for n in nodes {
+                        net.entry(n).or_default().push(e.clone());
+                    }
+                }
+                for (node, events) in net {
+                    if let Some(list) = subs.get(node) {
+                        for (_, tx) in list {
+                            let _ = tx.send(Routed::Net {
+                                version: *version,
+                                events: events.clone(),
+                            });
+                        }
                     }
                 }
                 for (node, events) in tasks {
@@ -190,7 +288,8 @@ impl Router {
 
     /// Routes every commit of `store` until `shutdown`.
     pub async fn run(self, store: MemoryStore, shutdown: CancellationToken) {
-        let (_, mut watch) = store.watch();
+        let (view, mut watch) = store.watch();
+        *self.members.lock().unwrap_or_else(PoisonError::into_inner) = membership(&view);
         loop {
             let item = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -216,6 +315,49 @@ mod tests {
             object: Object::Task(Arc::new(testutil::task(id, "s", 1, node))),
             old: old_node.map(|o| Object::Task(Arc::new(testutil::task(id, "s", 1, o)))),
         }
+    }
+
+    #[tokio::test]
+    async fn overlay_events_reach_the_nodes_on_the_network() {
+        let on_net = |id: &str, node: &str| {
+            let mut t = testutil::task(id, "s", 1, node);
+            t.networks.push(pb::NetworkAttachment {
+                network_id: "net1".into(),
+                addresses: vec!["10.0.1.3/24".into()],
+                ..Default::default()
+            });
+            Arc::new(t)
+        };
+        let store = MemoryStore::new();
+        let r = Router::default();
+        let (_, mut a) = r.subscribe(&store, "a");
+        let (_, mut b) = r.subscribe(&store, "b");
+        let (_, mut c) = r.subscribe(&store, "c");
+        let created = |t: Arc<pb::Task>| Event {
+            kind: EventKind::Created,
+            version: 5,
+            object: Object::Task(t),
+            old: None,
+        };
+        // a joins net1, then b's task on net1 appears: a hears of it as an
+        // overlay event, b as its own task, c (on no network) not at all.
+        r.route(&WatchItem::Commit {
+            version: 5,
+            events: vec![created(on_net("t1", "a"))],
+        });
+        r.route(&WatchItem::Commit {
+            version: 6,
+            events: vec![created(on_net("t2", "b"))],
+        });
+        let mut a_net = Vec::new();
+        while let Ok(m) = a.rx.try_recv() {
+            if let Routed::Net { events, .. } = m {
+                a_net.extend(events.iter().map(|e| e.object.id().to_owned()));
+            }
+        }
+        assert_eq!(a_net, vec!["t1", "t2"]);
+        assert!(matches!(b.rx.try_recv(), Ok(Routed::Net { .. })));
+        assert!(c.rx.try_recv().is_err());
     }
 
     #[tokio::test]

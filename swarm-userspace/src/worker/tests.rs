@@ -107,7 +107,7 @@ impl Node {
         self.worker.assign(pb::AssignmentsMessage {
             r#type: pb::assignments_message::Type::Full as i32,
             updated_tasks: tasks,
-            removed_task_ids: Vec::new(),
+            ..Default::default()
         });
     }
 
@@ -116,6 +116,7 @@ impl Node {
             r#type: pb::assignments_message::Type::Incremental as i32,
             updated_tasks: tasks,
             removed_task_ids: removed.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
         });
     }
 
