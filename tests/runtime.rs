@@ -117,6 +117,8 @@ impl Rt {
             spec: pb::ContainerSpec::default(),
             resources: None,
             network: NetworkMode::Isolated,
+            addresses: Vec::new(),
+            nameserver: None,
         }
     }
 
@@ -740,6 +742,8 @@ async fn creator_child() {
             },
             resources: None,
             network: NetworkMode::Isolated,
+            addresses: Vec::new(),
+            nameserver: None,
         };
         run(&exec, config).await;
     }

@@ -169,6 +169,8 @@ impl Node {
             },
             resources: None,
             network: NetworkMode::Isolated,
+            addresses: Vec::new(),
+            nameserver: None,
         }
     }
 

@@ -428,6 +428,8 @@ mod tests {
                 },
                 resources: None,
                 network: NetworkMode::Isolated,
+                addresses: Vec::new(),
+                nameserver: None,
             }
         }
     }

@@ -91,6 +91,11 @@ pub struct ContainerConfig {
     pub spec: pb::ContainerSpec,
     pub resources: Option<pb::ResourceRequirements>,
     pub network: NetworkMode,
+    /// The container's addresses on its networks, for its /etc/hosts.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The embedded DNS server, when the networking layer provides one:
+    /// /etc/resolv.conf then names only it.
+    pub nameserver: Option<std::net::IpAddr>,
 }
 
 impl ContainerConfig {
@@ -418,6 +423,8 @@ mod tests {
             spec: pb::ContainerSpec::default(),
             resources: None,
             network: NetworkMode::Isolated,
+            addresses: Vec::new(),
+            nameserver: None,
         };
         assert_eq!(c.stop_signal().unwrap(), Signal::TERM);
         assert_eq!(c.stop_grace(), DEFAULT_STOP_GRACE);

@@ -967,5 +967,36 @@ pub fn resolv_conf(dns: Option<&pb::DnsConfig>, host: &str) -> String {
     out
 }
 
+/// /etc/resolv.conf of a container on overlay networks: only the
+/// embedded DNS server (which forwards what it does not know to the
+/// task's `--dns` servers or the node's), the task's or the node's search
+/// domains, and docker's `ndots:0` so single-label service names are
+/// asked as they are.
+pub fn embedded_resolv_conf(
+    nameserver: std::net::IpAddr,
+    dns: Option<&pb::DnsConfig>,
+    host: &str,
+) -> String {
+    let mut without_servers = dns.cloned().unwrap_or_default();
+    without_servers.nameservers.clear();
+    let base = resolv_conf(Some(&without_servers), host);
+    let mut out = format!("nameserver {nameserver}\n");
+    let mut options = vec!["ndots:0".to_string()];
+    for line in base.lines() {
+        if line.starts_with("search ") {
+            out.push_str(line);
+            out.push('\n');
+        } else if let Some(rest) = line.strip_prefix("options ") {
+            options.extend(
+                rest.split_whitespace()
+                    .filter(|o| !o.starts_with("ndots:"))
+                    .map(String::from),
+            );
+        }
+    }
+    out.push_str(&format!("options {}\n", options.join(" ")));
+    out
+}
+
 #[cfg(test)]
 mod tests;

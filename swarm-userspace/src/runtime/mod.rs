@@ -342,11 +342,18 @@ impl Ctl {
             (&files.hostname, format!("{hostname}\n")),
             (
                 &files.hosts,
-                spec::hosts_file(&hostname, &[], &config.spec.hosts),
+                spec::hosts_file(&hostname, &config.addresses, &config.spec.hosts),
             ),
             (
                 &files.resolv_conf,
-                spec::resolv_conf(config.spec.dns_config.as_ref(), &host_resolv),
+                match config.nameserver {
+                    Some(ns) => spec::embedded_resolv_conf(
+                        ns,
+                        config.spec.dns_config.as_ref(),
+                        &host_resolv,
+                    ),
+                    None => spec::resolv_conf(config.spec.dns_config.as_ref(), &host_resolv),
+                },
             ),
         ] {
             std::fs::write(path, content).map_err(io_err("writing", path))?;

@@ -310,6 +310,8 @@ pub fn container_config(
         spec: container_spec(task)?,
         resources: task.spec.as_ref().and_then(|s| s.resources),
         network: network_mode(task),
+        addresses: Vec::new(),
+        nameserver: None,
     })
 }
 
@@ -328,6 +330,8 @@ pub fn stop_params(task: &pb::Task, image: Option<&ImageConfig>) -> (Duration, S
             .unwrap_or_default(),
         resources: None,
         network: NetworkMode::Isolated,
+        addresses: Vec::new(),
+        nameserver: None,
     };
     (c.stop_grace(), c.stop_signal().unwrap_or(Signal::TERM))
 }

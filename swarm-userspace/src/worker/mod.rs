@@ -48,10 +48,48 @@ pub enum WorkerError {
     Blocking(String),
 }
 
+/// A task's network namespace, prepared by the node's networking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedNetwork {
+    pub netns: std::path::PathBuf,
+    /// The task's addresses, for its /etc/hosts.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The embedded DNS server's address inside the namespace.
+    pub nameserver: Option<std::net::IpAddr>,
+}
+
+/// The worker's seam to the node's networking (`crate::network`): overlay
+/// state from the assignments, and each task's namespace.
+#[async_trait::async_trait]
+pub trait TaskNetworks: Send + Sync {
+    /// The overlay part of an assignments message (before its tasks run).
+    async fn apply(&self, m: &pb::AssignmentsMessage);
+    /// Prepares (or, for an adopted task, takes over) the task's network
+    /// namespace; `None` when it is attached to no network.
+    async fn attach(&self, task: &pb::Task) -> Result<Option<PreparedNetwork>, String>;
+    /// Undoes `attach`; a no-op for unknown tasks.
+    async fn detach(&self, task_id: &str);
+}
+
+/// For nodes without overlay networking (simulated nodes, unit tests):
+/// tasks get a namespace with loopback only.
+#[derive(Debug, Default)]
+pub struct NoNetworks;
+
+#[async_trait::async_trait]
+impl TaskNetworks for NoNetworks {
+    async fn apply(&self, _m: &pb::AssignmentsMessage) {}
+    async fn attach(&self, _task: &pb::Task) -> Result<Option<PreparedNetwork>, String> {
+        Ok(None)
+    }
+    async fn detach(&self, _task_id: &str) {}
+}
+
 /// What the task managers share.
 pub(crate) struct Shared {
     executor: Arc<dyn Executor>,
     images: Arc<dyn Images>,
+    networks: Arc<dyn TaskNetworks>,
     board: StatusBoard,
     logs: Mutex<HashMap<String, LogSource>>,
 }
@@ -84,9 +122,19 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// A worker and the control loop that runs its task managers.
     pub fn new(executor: Arc<dyn Executor>, images: Arc<dyn Images>) -> (Worker, WorkerLoop) {
+        Self::with_networks(executor, images, Arc::new(NoNetworks))
+    }
+
+    /// A worker whose tasks are attached to overlay networks by `networks`.
+    pub fn with_networks(
+        executor: Arc<dyn Executor>,
+        images: Arc<dyn Images>,
+        networks: Arc<dyn TaskNetworks>,
+    ) -> (Worker, WorkerLoop) {
         let shared = Arc::new(Shared {
             executor,
             images,
+            networks,
             board: StatusBoard::default(),
             logs: Mutex::new(HashMap::new()),
         });
@@ -214,6 +262,8 @@ impl WorkerLoop {
     }
 
     async fn assign(&mut self, m: pb::AssignmentsMessage) {
+        // Overlay state first: the tasks in this message may need it.
+        self.shared.networks.apply(&m).await;
         let full = m.r#type == pb::assignments_message::Type::Full as i32;
         if full {
             let assigned: BTreeSet<String> = m
@@ -359,6 +409,7 @@ async fn remove_container(shared: Arc<Shared>, id: String) {
     if let Err(e) = shared.images.release(&id).await {
         tracing::warn!(container = %id, error = %e, "releasing a leftover rootfs failed");
     }
+    shared.networks.detach(&id).await;
 }
 
 impl ControlLoop for WorkerLoop {

@@ -143,6 +143,10 @@ impl TaskManager {
         };
         self.stop = decide::stop_params(&task, image.as_ref().map(|i| &i.config));
         tracing::info!(task = %self.id, status = %state.status, "adopted the task's container");
+        // Reconnect its namespace to this run's data path and DNS.
+        if let Err(e) = self.shared.networks.attach(&task).await {
+            tracing::warn!(task = %self.id, error = %e, "cannot take over the adopted task's network");
+        }
         if let Some(r) = decide::adopted(self.current, task.desired_state, &state) {
             self.report(r);
         }
@@ -204,11 +208,26 @@ impl TaskManager {
                 return Flow::Continue;
             }
         };
-        let Some(config) = decide::container_config(task, rootfs.path.clone(), image.config) else {
+        let Some(mut config) = decide::container_config(task, rootfs.path.clone(), image.config)
+        else {
             self.unmount(rootfs).await;
             self.reject("task: the task has no container spec".into());
             return Flow::Continue;
         };
+        match self.shared.networks.attach(task).await {
+            Ok(Some(net)) => {
+                config.network = crate::executor::NetworkMode::Namespace(net.netns);
+                config.addresses = net.addresses;
+                config.nameserver = net.nameserver;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                self.unmount(rootfs).await;
+                self.shared.networks.detach(&self.id).await;
+                self.reject(format!("network: {e}"));
+                return Flow::Continue;
+            }
+        }
         self.stop = (
             config.stop_grace(),
             config.stop_signal().unwrap_or(Signal::TERM),
@@ -217,12 +236,14 @@ impl TaskManager {
             Ok(c) => c,
             Err(e) => {
                 self.unmount(rootfs).await;
+                self.shared.networks.detach(&self.id).await;
                 self.reject(e.to_string());
                 return Flow::Continue;
             }
         };
         if let Err(e) = ctl.prepare().await {
             self.unmount(rootfs).await;
+            self.shared.networks.detach(&self.id).await;
             self.reject(e.to_string());
             return Flow::Continue;
         }
@@ -349,6 +370,7 @@ impl TaskManager {
         if let Err(e) = self.shared.images.release(&self.id).await {
             tracing::warn!(task = %self.id, error = %e, "releasing the task's rootfs failed");
         }
+        self.shared.networks.detach(&self.id).await;
         super::lock(&self.shared.logs).remove(&self.id);
         self.shared.board.forget(&self.id);
         tracing::debug!(task = %self.id, "task removed");

@@ -33,6 +33,8 @@ fn config() -> ContainerConfig {
         spec: pb::ContainerSpec::default(),
         resources: None,
         network: NetworkMode::Isolated,
+        addresses: Vec::new(),
+        nameserver: None,
     }
 }
 
@@ -541,5 +543,15 @@ fn hosts_and_resolv_conf() {
     assert_eq!(
         resolv_conf(Some(&dns), host),
         "nameserver 198.51.100.53\nsearch svc.local\n"
+    );
+}
+
+#[test]
+fn containers_on_networks_resolve_through_the_embedded_server_only() {
+    let host = "nameserver 127.0.0.53\nnameserver 192.0.2.53\nsearch corp.example\noptions edns0 ndots:2\n";
+    let ns: std::net::IpAddr = "127.0.0.11".parse().expect("ip");
+    assert_eq!(
+        super::embedded_resolv_conf(ns, None, host),
+        "nameserver 127.0.0.11\nsearch corp.example\noptions ndots:0 edns0\n"
     );
 }

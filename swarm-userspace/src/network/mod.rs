@@ -1,0 +1,387 @@
+//! Node side of overlay networks: what the dispatcher sends about the
+//! networks this node's tasks are on ([`NetView`]), each task's network
+//! namespace (a veth per attachment, addresses, default route, loopback),
+//! and keeping the node's overlay data path (through the [`Overlay`] seam)
+//! and embedded DNS in step with both.
+//!
+//! Owns: `<data-root>/netns/<task id>` namespaces and their `sw…` host
+//! veths, the overlay map entries of this node's view. Must never decide
+//! addresses (the managers' allocator does) or touch a namespace or
+//! interface it did not create.
+pub mod netns;
+pub mod view;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ipnet::Ipv4Net;
+use swarm_proto::v1 as pb;
+
+use crate::worker::{PreparedNetwork, TaskNetworks};
+pub use view::NetView;
+
+/// The overlay MTU loses the VXLAN header: outer IPv4 (20) + UDP (8) +
+/// VXLAN (8) + inner Ethernet (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// The embedded DNS server's address inside every task namespace (docker's).
+pub const EMBEDDED_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
+/// docker's MAC for a container address: 02:42 and the address's bytes.
+pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
+    let o = addr.octets();
+    [0x02, 0x42, o[0], o[1], o[2], o[3]]
+}
+
+/// The node's overlay data path, as the network agent drives it. Calls are
+/// idempotent; errors are texts for the task's status.
+pub trait Overlay: Send + Sync {
+    /// Makes sure the VXLAN device and programs are in place; returns the
+    /// MTU containers get.
+    fn start(&self) -> Result<u32, String>;
+    fn set_network(&self, vni: u32, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<(), String>;
+    fn remove_network(&self, vni: u32);
+    fn set_local(
+        &self,
+        vni: u32,
+        addr: Ipv4Addr,
+        host_ifindex: u32,
+        mac: [u8; 6],
+    ) -> Result<(), String>;
+    fn set_remote(&self, vni: u32, addr: Ipv4Addr, node: Ipv4Addr) -> Result<(), String>;
+    fn remove_endpoint(&self, addr: Ipv4Addr);
+}
+
+/// The embedded DNS server, as the network agent drives it.
+#[async_trait::async_trait]
+pub trait Names: Send + Sync {
+    /// Replaces every name with those of `view`.
+    fn set_view(&self, view: &NetView);
+    /// Serves the task's namespace; `networks` are the ones it may see.
+    async fn attach(
+        &self,
+        task_id: &str,
+        netns: &Path,
+        networks: Vec<String>,
+    ) -> Result<(), String>;
+    fn detach(&self, task_id: &str);
+}
+
+/// One attachment of a local task.
+#[derive(Clone, Debug)]
+struct LocalLink {
+    host_name: String,
+    addr: Ipv4Addr,
+}
+
+#[derive(Default)]
+struct State {
+    view: NetView,
+    /// Tasks attached here: their namespace and links.
+    local: HashMap<String, Vec<LocalLink>>,
+    /// Remote endpoints installed in the data path: address → (vni, node).
+    remote: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
+    /// Networks installed in the data path, by VNI.
+    networks: BTreeSet<u32>,
+    /// Whether leftovers of an earlier run were cleaned (at the first
+    /// complete assignment set).
+    cleaned: bool,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct NetworkAgent {
+    dir: PathBuf,
+    overlay: Arc<dyn Overlay>,
+    names: Option<Arc<dyn Names>>,
+    state: Arc<Mutex<State>>,
+    /// Serializes namespace work (netlink handles are per call).
+    work: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl std::fmt::Debug for NetworkAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkAgent")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(
+        "network {0} is not known on this node yet (its state comes with the assignment); the task will be retried"
+    )]
+    UnknownNetwork(String),
+    #[error("network {0} has no subnet or VXLAN ID allocated")]
+    Unallocated(String),
+    #[error("invalid address {addr:?} on network {network}")]
+    BadAddress { network: String, addr: String },
+    #[error("overlay data path: {0}")]
+    Overlay(String),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
+    #[error("embedded DNS: {0}")]
+    Dns(String),
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl NetworkAgent {
+    /// Namespaces live under `<data_root>/netns`.
+    pub fn new(data_root: &Path, overlay: Arc<dyn Overlay>, names: Option<Arc<dyn Names>>) -> Self {
+        NetworkAgent {
+            dir: data_root.join("netns"),
+            overlay,
+            names,
+            state: Arc::default(),
+            work: Arc::default(),
+        }
+    }
+
+    fn netns_path(&self, task_id: &str) -> PathBuf {
+        self.dir.join(task_id)
+    }
+
+    /// The current view (for inspection and tests).
+    pub fn view(&self) -> NetView {
+        lock(&self.state).view.clone()
+    }
+
+    /// Brings the data path's networks and remote endpoints in line with
+    /// the view.
+    fn sync_overlay(&self, st: &mut State) {
+        let want_nets: BTreeMap<u32, (Ipv4Net, Ipv4Addr)> = st.view.overlay_networks();
+        for (vni, (subnet, gw)) in &want_nets {
+            if !st.networks.contains(vni) {
+                match self.overlay.set_network(*vni, *subnet, *gw) {
+                    Ok(()) => {
+                        st.networks.insert(*vni);
+                    }
+                    Err(e) => tracing::warn!(vni, error = %e, "cannot install an overlay network"),
+                }
+            }
+        }
+        let want: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> = st.view.remote_endpoints();
+        let gone: Vec<Ipv4Addr> = st
+            .remote
+            .keys()
+            .filter(|a| !want.contains_key(a))
+            .copied()
+            .collect();
+        for a in gone {
+            st.remote.remove(&a);
+            // A local endpoint may have taken the address over.
+            if !st.local.values().flatten().any(|l| l.addr == a) {
+                self.overlay.remove_endpoint(a);
+            }
+        }
+        for (a, (vni, node)) in want {
+            if st.remote.get(&a) == Some(&(vni, node)) {
+                continue;
+            }
+            if st.local.values().flatten().any(|l| l.addr == a) {
+                continue;
+            }
+            match self.overlay.set_remote(vni, a, node) {
+                Ok(()) => {
+                    st.remote.insert(a, (vni, node));
+                }
+                Err(e) => tracing::warn!(addr = %a, error = %e, "cannot install a remote endpoint"),
+            }
+        }
+        let stale: Vec<u32> = st
+            .networks
+            .iter()
+            .filter(|v| !want_nets.contains_key(v))
+            .copied()
+            .collect();
+        for vni in stale {
+            st.networks.remove(&vni);
+            self.overlay.remove_network(vni);
+        }
+    }
+
+    async fn attach_task(&self, task: &pb::Task) -> Result<Option<PreparedNetwork>, NetworkError> {
+        let task_id = task.meta.as_ref().map_or("", |m| m.id.as_str()).to_owned();
+        let atts: Vec<&pb::NetworkAttachment> = task
+            .networks
+            .iter()
+            .filter(|n| !n.addresses.is_empty())
+            .collect();
+        if atts.is_empty() {
+            return Ok(None);
+        }
+        // Resolve everything before touching the kernel.
+        let mut plan = Vec::new();
+        {
+            let st = lock(&self.state);
+            for (i, a) in atts.iter().enumerate() {
+                let net = st
+                    .view
+                    .networks
+                    .get(&a.network_id)
+                    .ok_or_else(|| NetworkError::UnknownNetwork(a.network_id.clone()))?;
+                let (subnet, gateway) = crate::allocator::ipam::allocated_subnet(net)
+                    .ok_or_else(|| NetworkError::Unallocated(a.network_id.clone()))?;
+                if net.vni == 0 {
+                    return Err(NetworkError::Unallocated(a.network_id.clone()));
+                }
+                let addr: Ipv4Net =
+                    a.addresses[0]
+                        .parse()
+                        .map_err(|_| NetworkError::BadAddress {
+                            network: a.network_id.clone(),
+                            addr: a.addresses[0].clone(),
+                        })?;
+                plan.push((a.network_id.clone(), net.vni, subnet, gateway, addr, i));
+            }
+        }
+        let mtu = self.overlay.start().map_err(NetworkError::Overlay)?;
+        let _work = self.work.lock().await;
+        let path = self.netns_path(&task_id);
+        netns::create(&path)?;
+        let host = netns::netlink(None)?;
+        let ns = netns::netlink(Some(&path))?;
+        netns::loopback_up(&ns).await?;
+        let mut links = Vec::new();
+        for (network_id, vni, subnet, gateway, addr, i) in &plan {
+            let link = netns::Link {
+                host_name: netns::host_name(&task_id, *i),
+                name: format!("eth{i}"),
+                mac: container_mac(addr.addr()),
+                addr: *addr,
+                gateway: *gateway,
+                mtu,
+                default_route: *i == 0,
+            };
+            let idx = netns::add_link(&host, &ns, &path, &link).await?;
+            self.overlay
+                .set_network(*vni, *subnet, *gateway)
+                .map_err(NetworkError::Overlay)?;
+            self.overlay
+                .set_local(*vni, addr.addr(), idx, link.mac)
+                .map_err(NetworkError::Overlay)?;
+            links.push(LocalLink {
+                host_name: link.host_name,
+                addr: addr.addr(),
+            });
+            let _ = network_id;
+        }
+        {
+            let mut st = lock(&self.state);
+            for (_, vni, ..) in &plan {
+                st.networks.insert(*vni);
+            }
+            for l in &links {
+                st.remote.remove(&l.addr);
+            }
+            st.local.insert(task_id.clone(), links.clone());
+        }
+        let mut nameserver = None;
+        if let Some(names) = &self.names {
+            let networks: Vec<String> = plan.iter().map(|p| p.0.clone()).collect();
+            names
+                .attach(&task_id, &path, networks)
+                .await
+                .map_err(NetworkError::Dns)?;
+            nameserver = Some(IpAddr::V4(EMBEDDED_DNS));
+        }
+        Ok(Some(PreparedNetwork {
+            netns: path,
+            addresses: links.iter().map(|l| IpAddr::V4(l.addr)).collect(),
+            nameserver,
+        }))
+    }
+
+    async fn detach_task(&self, task_id: &str) {
+        if let Some(names) = &self.names {
+            names.detach(task_id);
+        }
+        let links = lock(&self.state).local.remove(task_id);
+        let path = self.netns_path(task_id);
+        if links.is_none() && !path.exists() {
+            return;
+        }
+        let _work = self.work.lock().await;
+        for l in links.iter().flatten() {
+            self.overlay.remove_endpoint(l.addr);
+        }
+        match netns::netlink(None) {
+            Ok(host) => {
+                // The host ends of an earlier run are found by name.
+                let names: Vec<String> = match &links {
+                    Some(ls) => ls.iter().map(|l| l.host_name.clone()).collect(),
+                    None => (0..8).map(|i| netns::host_name(task_id, i)).collect(),
+                };
+                for n in names {
+                    if let Err(e) = netns::del_link(&host, &n).await {
+                        tracing::warn!(task = %task_id, error = %e, "deleting a task's veth failed");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open netlink to delete a task's veths"),
+        }
+        netns::remove(&path);
+        // Peers that are remote again (an address moved) come back.
+        let mut st = lock(&self.state);
+        self.sync_overlay(&mut st);
+    }
+
+    /// After a restart, at the first complete assignment set: namespaces
+    /// of tasks no longer assigned go.
+    async fn clean_leftovers(&self, assigned: &BTreeSet<String>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let leftovers: Vec<String> = entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|id| !assigned.contains(id))
+            .collect();
+        for id in leftovers {
+            tracing::info!(task = %id, "removing the network namespace of a task no longer assigned");
+            self.detach_task(&id).await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl TaskNetworks for NetworkAgent {
+    async fn apply(&self, m: &pb::AssignmentsMessage) {
+        let full = m.r#type == pb::assignments_message::Type::Full as i32;
+        let first_full = {
+            let mut st = lock(&self.state);
+            st.view.apply(m);
+            self.sync_overlay(&mut st);
+            if let Some(names) = &self.names {
+                names.set_view(&st.view);
+            }
+            let first = full && !st.cleaned;
+            if first {
+                st.cleaned = true;
+            }
+            first
+        };
+        if first_full {
+            let assigned: BTreeSet<String> = m
+                .updated_tasks
+                .iter()
+                .filter_map(|t| t.meta.as_ref().map(|m| m.id.clone()))
+                .collect();
+            self.clean_leftovers(&assigned).await;
+        }
+    }
+
+    async fn attach(&self, task: &pb::Task) -> Result<Option<PreparedNetwork>, String> {
+        self.attach_task(task).await.map_err(|e| e.to_string())
+    }
+
+    async fn detach(&self, task_id: &str) {
+        self.detach_task(task_id).await;
+    }
+}
