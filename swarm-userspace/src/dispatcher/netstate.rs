@@ -201,6 +201,10 @@ impl NodeNetState {
     }
 
     fn sync_membership(&mut self, view: &ReadTx, msg: &mut pb::AssignmentsMessage) {
+        msg.data_path_port = view
+            .list::<pb::Cluster>()
+            .next()
+            .map_or(0, |c| c.vxlan_udp_port);
         let want: BTreeSet<String> = view
             .tasks_by_node(&self.node_id)
             .iter()

@@ -26,6 +26,9 @@ pub use view::NetView;
 /// VXLAN (8) + inner Ethernet (14).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// VXLAN's IANA port, docker's default `--data-path-port`.
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+
 /// The embedded DNS server's address inside every task namespace (docker's).
 pub const EMBEDDED_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 
@@ -40,7 +43,7 @@ pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
 pub trait Overlay: Send + Sync {
     /// Makes sure the VXLAN device and programs are in place; returns the
     /// MTU containers get.
-    fn start(&self) -> Result<u32, String>;
+    fn start(&self, vxlan_port: u16) -> Result<u32, String>;
     fn set_network(&self, vni: u32, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<(), String>;
     fn remove_network(&self, vni: u32);
     fn set_local(
@@ -218,8 +221,13 @@ impl NetworkAgent {
         }
         // Resolve everything before touching the kernel.
         let mut plan = Vec::new();
+        let port;
         {
             let st = lock(&self.state);
+            port = u16::try_from(st.view.data_path_port)
+                .ok()
+                .filter(|p| *p != 0)
+                .unwrap_or(DEFAULT_VXLAN_PORT);
             for (i, a) in atts.iter().enumerate() {
                 let net = st
                     .view
@@ -241,7 +249,7 @@ impl NetworkAgent {
                 plan.push((a.network_id.clone(), net.vni, subnet, gateway, addr, i));
             }
         }
-        let mtu = self.overlay.start().map_err(NetworkError::Overlay)?;
+        let mtu = self.overlay.start(port).map_err(NetworkError::Overlay)?;
         let _work = self.work.lock().await;
         let path = self.netns_path(&task_id);
         netns::create(&path)?;

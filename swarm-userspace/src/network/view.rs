@@ -13,6 +13,8 @@ use swarm_proto::v1 as pb;
 pub struct NetView {
     /// This node's ID, learnt from its assigned tasks.
     pub own_node: Option<String>,
+    /// The cluster's VXLAN port, once known (0 until then).
+    pub data_path_port: u32,
     pub networks: BTreeMap<String, pb::Network>,
     /// By (task ID, network ID).
     pub peers: BTreeMap<(String, String), pb::NetworkPeer>,
@@ -41,6 +43,9 @@ impl NetView {
     pub fn apply(&mut self, m: &pb::AssignmentsMessage) {
         if let Some(t) = m.updated_tasks.iter().find(|t| !t.node_id.is_empty()) {
             self.own_node = Some(t.node_id.clone());
+        }
+        if m.data_path_port != 0 {
+            self.data_path_port = m.data_path_port;
         }
         if m.r#type == pb::assignments_message::Type::Full as i32 {
             self.networks.clear();
