@@ -25,6 +25,7 @@ pub mod logbroker;
 pub mod logging;
 pub mod manager;
 pub mod metrics;
+pub mod network;
 pub mod node;
 pub mod orchestrator;
 pub mod raft;

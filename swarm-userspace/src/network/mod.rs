@@ -1,0 +1,3 @@
+//! Node side of overlay networks.
+
+pub mod dns;
