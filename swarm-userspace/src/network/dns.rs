@@ -1349,6 +1349,63 @@ mod tests {
         );
         assert!(parse_resolv_conf("").is_empty());
     }
+
+    proptest::proptest! {
+        /// Whatever the records, an asker only ever gets addresses of the
+        /// networks it is attached to. Network `n` holds only 10.n.x.y.
+        #[test]
+        fn answers_stay_on_shared_networks(
+            services in proptest::collection::vec((0u8..4, 0u8..6, proptest::bool::ANY), 0..12),
+            tasks in proptest::collection::vec((0u8..4, 0u8..6, 0u8..4, 0u8..250), 0..40),
+            asker in proptest::collection::vec(0u8..4, 0..3),
+        ) {
+            let names = ["a", "b", "c", "d", "e", "f"];
+            let services: Vec<ServiceRecord> = services
+                .iter()
+                .map(|&(net, n, vip)| ServiceRecord {
+                    service_id: format!("s{n}"),
+                    name: names[usize::from(n)].into(),
+                    network_id: format!("n{net}"),
+                    aliases: vec![format!("alias-{}", names[usize::from(n)])],
+                    endpoint: if vip {
+                        ServiceEndpoint::Vip(Ipv4Addr::new(10, net, 0, n))
+                    } else {
+                        ServiceEndpoint::Dnsrr
+                    },
+                })
+                .collect();
+            let tasks: Vec<TaskRecord> = tasks
+                .iter()
+                .map(|&(net, n, slot, host)| TaskRecord {
+                    task_id: format!("t{host}"),
+                    service_id: format!("s{n}"),
+                    name: format!("{}.{slot}.t{host}", names[usize::from(n)]),
+                    network_id: format!("n{net}"),
+                    addr: Ipv4Addr::new(10, net, 1, host),
+                    aliases: vec![format!("task-{slot}")],
+                })
+                .collect();
+            let table = DnsTable::new(services, tasks.clone());
+            let asker: Vec<String> = asker.iter().map(|n| format!("n{n}")).collect();
+            let shared = |addr: &Ipv4Addr| asker.contains(&format!("n{}", addr.octets()[1]));
+            let mut queries: Vec<String> = names
+                .iter()
+                .flat_map(|n| [n.to_string(), format!("tasks.{n}"), format!("alias-{n}")])
+                .collect();
+            queries.extend(tasks.iter().map(|t| t.name.clone()));
+            queries.extend((0..4).map(|s| format!("task-{s}")));
+            for q in &queries {
+                if let Some(addrs) = table.lookup(q, &asker) {
+                    proptest::prop_assert!(addrs.iter().all(shared), "{q} -> {addrs:?} for {asker:?}");
+                }
+            }
+            for t in &tasks {
+                if table.reverse(t.addr, &asker).is_some() {
+                    proptest::prop_assert!(shared(&t.addr));
+                }
+            }
+        }
+    }
 }
 
 /// The server on real sockets, inside throwaway network namespaces (root).
@@ -1521,6 +1578,13 @@ mod server_tests {
         let resp = udp_ask(&ns, &query("WEB.", RecordType::A)).await;
         assert_eq!(a_records(&resp), vec![Ipv4Addr::new(10, 0, 1, 2)]);
         assert!(resp.authoritative());
+        let answered = crate::metrics::metrics()
+            .dns_queries
+            .get_or_create(&crate::metrics::ResultLabel {
+                result: "answered".into(),
+            })
+            .get();
+        assert!(answered >= 1);
 
         let resp = udp_ask(&ns, &query("web.", RecordType::AAAA)).await;
         assert_eq!(resp.response_code(), ResponseCode::NoError);
