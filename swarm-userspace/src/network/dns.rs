@@ -102,6 +102,8 @@ pub struct DnsTable {
     reverse: HashMap<String, HashMap<Ipv4Addr, String>>,
     /// network name → network ID, for docker's `<name>.<network>` form.
     network_names: HashMap<String, String>,
+    /// network ID → network name, for PTR answers.
+    network_ids: HashMap<String, String>,
 }
 
 /// Names are compared case-insensitively and without the root dot.
@@ -169,10 +171,11 @@ impl DnsTable {
     }
 
     /// Network names (ID, name), so that `<name>.<network name>` resolves
-    /// too, as in docker.
+    /// too and PTR answers end with the network name, as in docker.
     pub fn with_network_names(mut self, names: impl IntoIterator<Item = (String, String)>) -> Self {
         for (id, name) in names {
-            self.network_names.insert(normalize(&name), id);
+            self.network_names.insert(normalize(&name), id.clone());
+            self.network_ids.insert(id, normalize(&name));
         }
         self
     }
@@ -205,13 +208,16 @@ impl DnsTable {
         })
     }
 
-    /// The name of `addr` (a task address or a VIP) on one of `networks`.
-    pub fn reverse(&self, addr: Ipv4Addr, networks: &[String]) -> Option<&str> {
+    /// The name of `addr` (a task address or a VIP) on one of `networks`:
+    /// as docker, `<task or service name>.<network name>`, or the bare name
+    /// when the network's name is not known.
+    pub fn reverse(&self, addr: Ipv4Addr, networks: &[String]) -> Option<String> {
         networks.iter().find_map(|net| {
-            self.reverse
-                .get(net)
-                .and_then(|addrs| addrs.get(&addr))
-                .map(String::as_str)
+            let name = self.reverse.get(net)?.get(&addr)?;
+            Some(match self.network_ids.get(net) {
+                Some(network) => format!("{name}.{network}"),
+                None => name.clone(),
+            })
         })
     }
 }
@@ -1098,10 +1104,14 @@ mod tests {
     fn reverse_names_tasks_and_vips() {
         let t = table();
         assert_eq!(
-            t.reverse(ip("10.0.1.10"), &nets(&["net1"])),
-            Some("web.1.t1")
+            t.reverse(ip("10.0.1.10"), &nets(&["net1"])).as_deref(),
+            Some("web.1.t1.front")
         );
-        assert_eq!(t.reverse(ip("10.0.2.2"), &nets(&["net2"])), Some("web"));
+        // net2's name is not known.
+        assert_eq!(
+            t.reverse(ip("10.0.2.2"), &nets(&["net2"])).as_deref(),
+            Some("web")
+        );
         assert_eq!(t.reverse(ip("10.0.2.2"), &nets(&["net1"])), None);
     }
 
@@ -1195,7 +1205,7 @@ mod tests {
         )
         .unwrap();
         match resp.answers()[0].data() {
-            RData::PTR(name) => assert_eq!(name.0.to_ascii(), "web.1.t1."),
+            RData::PTR(name) => assert_eq!(name.0.to_ascii(), "web.1.t1.front."),
             other => panic!("not a PTR: {other:?}"),
         }
         assert!(
