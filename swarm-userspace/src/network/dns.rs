@@ -1785,7 +1785,11 @@ mod server_tests {
         let took = start.elapsed();
         assert_eq!(resp.response_code(), ResponseCode::ServFail);
         assert_eq!(resp.queries().len(), 1);
-        assert!(took >= timeout && took < timeout * 4, "took {took:?}");
+        // Generous upper bound: the machine is shared and may be loaded.
+        assert!(
+            took >= timeout && took < timeout + Duration::from_secs(3),
+            "took {took:?}"
+        );
     }
 
     #[tokio::test]
