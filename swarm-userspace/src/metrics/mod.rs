@@ -41,6 +41,11 @@ pub struct DatapathLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabel {
     pub map_name: String,
 }
@@ -74,6 +79,8 @@ pub struct Metrics {
     pub agent_image_pull_seconds: Histogram,
     pub agent_image_pull_bytes: Counter,
     pub agent_tasks: Family<StateLabel, Gauge>,
+    // Embedded DNS server: queries by result.
+    pub dns_queries: Family<ResultLabel, Counter>,
     // Data plane, read from per-CPU BPF maps at scrape.
     /// Monotonic counters mirrored from the BPF maps at scrape time.
     pub datapath_packets: Family<DatapathLabels, Counter>,
@@ -121,6 +128,7 @@ impl Metrics {
             agent_image_pull_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 15)),
             agent_image_pull_bytes: Counter::default(),
             agent_tasks: Family::default(),
+            dns_queries: Family::default(),
             datapath_packets: Family::default(),
             datapath_bytes: Family::default(),
             datapath_map_entries: Family::default(),
@@ -239,6 +247,11 @@ impl Metrics {
             "agent_tasks",
             "Tasks this node's worker manages, by state",
             m.agent_tasks.clone(),
+        );
+        r.register(
+            "dns_queries",
+            "Queries to the embedded DNS server by result (answered, forwarded, nxdomain from upstream, servfail, invalid)",
+            m.dns_queries.clone(),
         );
         r.register(
             "datapath_packets",

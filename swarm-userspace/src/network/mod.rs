@@ -8,6 +8,7 @@
 //! veths, the overlay map entries of this node's view. Must never decide
 //! addresses (the managers' allocator does) or touch a namespace or
 //! interface it did not create.
+pub mod dns;
 pub mod netns;
 pub mod view;
 
