@@ -13,6 +13,9 @@
 //! - [`failover`]: leader `kill -9` to the first accepted write, on a
 //!   3-manager swarm of real daemons in network namespaces; baseline is
 //!   docker's Raft timing.
+//! - [`overlay`]: TCP throughput and round trips between containers on two
+//!   nodes over the eBPF/VXLAN overlay; baseline is the same nodes talking
+//!   over the plain underlay.
 //! - [`raft`]: Raft write throughput and latency on 3 in-process managers
 //!   in network namespaces over mutual TLS; baseline is one manager.
 //! - [`scale`]: simulated nodes (`swarm simulate`) joining a 3-manager
@@ -29,6 +32,7 @@
 pub mod chart;
 pub mod containers;
 pub mod failover;
+pub mod overlay;
 pub mod raft;
 pub mod report;
 pub mod scale;

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use swarm_bench::{chart, containers, failover, raft, report::Report, scale, services, stop};
+use swarm_bench::{
+    chart, containers, failover, overlay, raft, report::Report, scale, services, stop,
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -69,6 +71,16 @@ enum Bench {
         /// Containers started at once (default 50, --quick 10).
         #[arg(long)]
         many: Option<usize>,
+    },
+    /// Overlay network data path: TCP throughput and round trips between
+    /// containers on two nodes (VXLAN, eBPF); baseline the plain underlay.
+    Overlay {
+        /// Measured seconds per throughput round (default 5, --quick 2).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Throughput rounds per path (default 3, --quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// Simulated nodes on a 3-manager swarm: join time, heartbeat CPU,
     /// placement throughput, manager memory per task.
@@ -144,7 +156,15 @@ fn main() -> anyhow::Result<()> {
                 &containers::run(&containers::ContainersOpts::new(quick, None, None), quick)?,
                 &out,
             )?;
+            finish(
+                &overlay::run(&overlay::OverlayOpts::new(quick, None, None), quick)?,
+                &out,
+            )?;
         }
+        Bench::Overlay { seconds, rounds } => finish(
+            &overlay::run(&overlay::OverlayOpts::new(quick, seconds, rounds), quick)?,
+            &out,
+        )?,
         Bench::Containers { one, many } => finish(
             &containers::run(&containers::ContainersOpts::new(quick, one, many), quick)?,
             &out,

@@ -133,6 +133,181 @@ pub struct PacketCounter {
     pub bytes: u64,
 }
 
+// ---------------------------------------------------------------------------
+// Overlay networks (VXLAN, filled from maps; see swarm-ebpf's `overlay`).
+//
+// Addresses are IPv4 octets in network order (`[u8; 4]`, as on the wire), so
+// the programs compare them with packet bytes without swapping and the LPM
+// trie matches prefixes bit by bit.
+
+/// Hash map of every overlay endpoint this node knows: [`Ipv4Key`] →
+/// [`EndpointValue`].
+pub const OVERLAY_ENDPOINTS_MAP: &str = "SWARM_OVL_ENDPOINTS";
+/// Hash map of the host-side veths of local endpoints: ifindex (`u32`) →
+/// [`IfaceValue`].
+pub const OVERLAY_IFACES_MAP: &str = "SWARM_OVL_IFACES";
+/// LPM trie of overlay subnets: `Key<[u8; 4]>` → [`SubnetValue`].
+pub const OVERLAY_SUBNETS_MAP: &str = "SWARM_OVL_SUBNETS";
+/// One-entry array: the node's overlay settings ([`OverlayConfig`]).
+pub const OVERLAY_CONFIG_MAP: &str = "SWARM_OVL_CONFIG";
+/// Per-CPU array of [`PacketCounter`]s indexed by [`OverlayCounter`].
+pub const OVERLAY_COUNTERS_MAP: &str = "SWARM_OVL_COUNTERS";
+/// TC ingress program of every host-side veth (traffic leaving a container).
+pub const OVERLAY_VETH_PROG: &str = "swarm_ovl_veth_ingress";
+/// TC ingress program of the collect-metadata VXLAN device (decapsulated
+/// frames from other nodes).
+pub const OVERLAY_VXLAN_PROG: &str = "swarm_ovl_vxlan_ingress";
+
+/// Capacity of [`OVERLAY_ENDPOINTS_MAP`]: tasks on all overlay networks this
+/// node takes part in (docker's default /24s hold 254 each).
+pub const OVERLAY_ENDPOINTS_MAX: u32 = 65536;
+/// Capacity of [`OVERLAY_IFACES_MAP`]: local endpoints.
+pub const OVERLAY_IFACES_MAX: u32 = 4096;
+/// Capacity of [`OVERLAY_SUBNETS_MAP`]: overlay networks.
+pub const OVERLAY_SUBNETS_MAX: u32 = 4096;
+
+/// Key of [`OVERLAY_ENDPOINTS_MAP`]: an endpoint's overlay address.
+pub type Ipv4Key = [u8; 4];
+
+/// Where one overlay address lives.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointValue {
+    /// VXLAN network identifier of the endpoint's network.
+    pub vni: u32,
+    /// Underlay address of the node running it; all zero if it runs here.
+    pub node_ip: [u8; 4],
+    /// Host-side veth of a local endpoint (0 for a remote one).
+    pub ifindex: u32,
+    /// The container's MAC (local endpoints: destination of delivered
+    /// frames).
+    pub mac: [u8; 6],
+    /// MAC of the host-side veth (local endpoints: source of delivered
+    /// frames, the address the container's ARP cache holds for every peer).
+    pub host_mac: [u8; 6],
+}
+
+impl EndpointValue {
+    pub const fn is_local(&self) -> bool {
+        u32::from_ne_bytes(self.node_ip) == 0
+    }
+}
+
+/// Which network and endpoint a host-side veth belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceValue {
+    pub vni: u32,
+    /// The container's own overlay address.
+    pub addr: [u8; 4],
+    /// The container's MAC.
+    pub mac: [u8; 6],
+    /// This veth's own MAC: ARP answers carry it (see the veth program).
+    pub host_mac: [u8; 6],
+}
+
+/// An overlay subnet's network.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubnetValue {
+    pub vni: u32,
+    /// The network's gateway address (answered to ARP, never an endpoint).
+    pub gateway: [u8; 4],
+}
+
+/// The node's overlay settings, entry 0 of [`OVERLAY_CONFIG_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OverlayConfig {
+    /// The collect-metadata VXLAN device; 0 until the overlay is started
+    /// (then frames to remote endpoints are dropped, counted).
+    pub vxlan_ifindex: u32,
+    pub _pad: u32,
+}
+
+/// Index of [`OVERLAY_COUNTERS_MAP`]: what the overlay did with a frame.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OverlayCounter {
+    /// Delivered to a container on this node, from a container on this node.
+    LocalForward = 0,
+    /// Sent to another node through the VXLAN device.
+    Encapsulated = 1,
+    /// Received from another node and delivered to a local container.
+    Decapsulated = 2,
+    /// ARP request answered locally.
+    ArpAnswered = 3,
+    /// Not for an overlay subnet: left to the host stack.
+    PassedToHost = 4,
+    /// Dropped: destination on another overlay network (or a VNI mismatch).
+    DropIsolation = 5,
+    /// Dropped: no such endpoint in the network's subnet.
+    DropUnknownEndpoint = 6,
+    /// Dropped: a frame on the VXLAN device without tunnel metadata.
+    DropNoTunnelKey = 7,
+    /// Dropped: ARP this node does not answer (other networks, unknown
+    /// targets, replies, gratuitous ARP, ARP arriving through the tunnel).
+    DropArp = 8,
+    /// Dropped: the veth is not (or no longer) a known endpoint.
+    DropUnknownInterface = 9,
+    /// Dropped: too short for the headers it claims.
+    DropMalformed = 10,
+    /// Dropped: a remote destination before the VXLAN device exists.
+    DropNoTunnelDevice = 11,
+    /// Dropped: a helper (store, tunnel key, redirect) failed.
+    DropHelperFailed = 12,
+    /// Dropped: a protocol the overlay does not carry (IPv6, …) on its way
+    /// through the tunnel.
+    DropUnsupported = 13,
+}
+
+impl OverlayCounter {
+    /// Number of counters: the size of [`OVERLAY_COUNTERS_MAP`].
+    pub const COUNT: u32 = 14;
+
+    pub const ALL: [OverlayCounter; Self::COUNT as usize] = [
+        OverlayCounter::LocalForward,
+        OverlayCounter::Encapsulated,
+        OverlayCounter::Decapsulated,
+        OverlayCounter::ArpAnswered,
+        OverlayCounter::PassedToHost,
+        OverlayCounter::DropIsolation,
+        OverlayCounter::DropUnknownEndpoint,
+        OverlayCounter::DropNoTunnelKey,
+        OverlayCounter::DropArp,
+        OverlayCounter::DropUnknownInterface,
+        OverlayCounter::DropMalformed,
+        OverlayCounter::DropNoTunnelDevice,
+        OverlayCounter::DropHelperFailed,
+        OverlayCounter::DropUnsupported,
+    ];
+
+    /// Whether this counts dropped frames (the rest count what was done).
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= (OverlayCounter::DropIsolation as u32)
+    }
+
+    /// Metric-friendly name: the action, or the drop reason.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OverlayCounter::LocalForward => "local_forward",
+            OverlayCounter::Encapsulated => "encapsulated",
+            OverlayCounter::Decapsulated => "decapsulated",
+            OverlayCounter::ArpAnswered => "arp_answered",
+            OverlayCounter::PassedToHost => "passed_to_host",
+            OverlayCounter::DropIsolation => "isolation",
+            OverlayCounter::DropUnknownEndpoint => "unknown_endpoint",
+            OverlayCounter::DropNoTunnelKey => "no_tunnel_key",
+            OverlayCounter::DropArp => "arp_unanswered",
+            OverlayCounter::DropUnknownInterface => "unknown_interface",
+            OverlayCounter::DropMalformed => "malformed",
+            OverlayCounter::DropNoTunnelDevice => "no_tunnel_device",
+            OverlayCounter::DropHelperFailed => "helper_failed",
+            OverlayCounter::DropUnsupported => "unsupported_protocol",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers;
@@ -140,6 +315,15 @@ mod user {
     unsafe impl aya::Pod for super::CounterKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::PacketCounter {}
+    // SAFETY: as above (all fields are integers or byte arrays, no implicit
+    // padding: see `overlay_layouts_are_fixed`).
+    unsafe impl aya::Pod for super::EndpointValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IfaceValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SubnetValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::OverlayConfig {}
 }
 
 #[cfg(test)]
@@ -151,6 +335,25 @@ mod tests {
         assert_eq!(core::mem::size_of::<CounterKey>(), 8);
         assert_eq!(core::mem::align_of::<CounterKey>(), 4);
         assert_eq!(core::mem::size_of::<PacketCounter>(), 16);
+    }
+
+    #[test]
+    fn overlay_layouts_are_fixed() {
+        // Sizes equal the sum of the fields: no implicit padding the kernel
+        // would hash or copy uninitialised.
+        assert_eq!(core::mem::size_of::<EndpointValue>(), 24);
+        assert_eq!(core::mem::size_of::<IfaceValue>(), 20);
+        assert_eq!(core::mem::size_of::<SubnetValue>(), 8);
+        assert_eq!(core::mem::size_of::<OverlayConfig>(), 8);
+    }
+
+    #[test]
+    fn overlay_counters_are_dense() {
+        for (i, c) in OverlayCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        assert!(!OverlayCounter::PassedToHost.is_drop());
+        assert!(OverlayCounter::DropIsolation.is_drop());
     }
 
     #[test]

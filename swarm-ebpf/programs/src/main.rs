@@ -8,6 +8,8 @@
 #![no_std]
 #![no_main]
 
+mod overlay;
+
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
     macros::{classifier, map, xdp},

@@ -31,6 +31,8 @@ pub struct DaemonConfig {
     pub host: Host,
     /// Interfaces the data plane attaches to; none means no data plane.
     pub dataplane_interfaces: Vec<String>,
+    /// Load the data plane even without interfaces (overlay networks only).
+    pub dataplane_overlay: bool,
     pub xdp_mode: XdpMode,
     pub shutdown_timeout: Duration,
     /// Name this node reports (docker uses the OS hostname).
@@ -132,10 +134,16 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     );
     let stop = termination().await?;
 
-    let dataplane: Option<SharedDataplane> = if config.dataplane_interfaces.is_empty() {
-        tracing::info!("no --dataplane-interface given: running without a data plane");
+    let dataplane: Option<SharedDataplane> = if config.dataplane_interfaces.is_empty()
+        && !config.dataplane_overlay
+    {
+        tracing::info!(
+            "no --dataplane-interface or --dataplane-overlay given: running without a data plane"
+        );
         None
     } else {
+        // Loading attaches nothing: with no interfaces, programs are
+        // attached only as overlay networks are used.
         let mut dp = EbpfDataplane::load(config.xdp_mode)?;
         for iface in &config.dataplane_interfaces {
             dp.attach(iface)?;

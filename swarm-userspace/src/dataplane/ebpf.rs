@@ -1,11 +1,15 @@
-//! The eBPF implementation of [`Dataplane`]: XDP on ingress, TC on egress.
+//! The eBPF implementation of [`Dataplane`]: XDP on ingress, TC on egress,
+//! and the overlay's TC programs (see [`overlay`]).
 //!
 //! Loads the object built from `swarm-ebpf` (embedded at compile time),
 //! attaches its programs to the interfaces it is given, and reads the
-//! per-CPU counter map. Programs stay attached exactly as long as this value
+//! per-CPU counter maps. Loading attaches nothing: a node may use the
+//! overlay without any `--dataplane-interface`. Programs stay attached exactly as long as this value
 //! lives: dropping it detaches them (pinning for restart survival comes with
 //! the load balancer).
-use std::{collections::BTreeMap, ffi::CString};
+mod overlay;
+
+use std::{collections::BTreeMap, ffi::CString, net::Ipv4Addr};
 
 use aya::{
     Ebpf,
@@ -16,13 +20,14 @@ use aya::{
     },
 };
 use swarm_ebpf_common::{
-    COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, PacketCounter, TC_EGRESS_PROG,
-    TrafficClass, XDP_INGRESS_PROG,
+    COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, OVERLAY_VETH_PROG,
+    OVERLAY_VXLAN_PROG, PacketCounter, TC_EGRESS_PROG, TrafficClass, XDP_INGRESS_PROG,
 };
 
 use super::{
     AttachedInterface, AttachedProgram, Counter, Dataplane, DataplaneError, DataplaneStatus,
-    MapUsage, XdpMode,
+    LocalEndpoint, MapUsage, OverlayInfo, XdpMode,
+    overlay::{DEFAULT_VXLAN_DEVICE, OverlayBook},
 };
 
 /// The compiled programs, 8-byte aligned as aya's ELF parser wants.
@@ -39,6 +44,12 @@ pub struct EbpfDataplane {
     ebpf: Ebpf,
     xdp_mode: XdpMode,
     attached: BTreeMap<String, Attachment>,
+    /// Name the overlay's VXLAN device gets.
+    vxlan_name: String,
+    overlay: Option<overlay::OverlayDevice>,
+    book: OverlayBook,
+    /// Host veths with the overlay program attached, by ifindex.
+    veth_links: BTreeMap<u32, SchedClassifierLinkId>,
 }
 
 impl std::fmt::Debug for EbpfDataplane {
@@ -46,6 +57,8 @@ impl std::fmt::Debug for EbpfDataplane {
         f.debug_struct("EbpfDataplane")
             .field("xdp_mode", &self.xdp_mode)
             .field("attached", &self.attached.keys().collect::<Vec<_>>())
+            .field("vxlan_name", &self.vxlan_name)
+            .field("overlay_veths", &self.veth_links.keys().collect::<Vec<_>>())
             .finish()
     }
 }
@@ -67,14 +80,28 @@ impl EbpfDataplane {
         let xdp: &mut Xdp = program(&mut ebpf, XDP_INGRESS_PROG)?;
         xdp.load()
             .map_err(|e| DataplaneError::Load(format!("{XDP_INGRESS_PROG}: {e}")))?;
-        let tc: &mut SchedClassifier = program(&mut ebpf, TC_EGRESS_PROG)?;
-        tc.load()
-            .map_err(|e| DataplaneError::Load(format!("{TC_EGRESS_PROG}: {e}")))?;
+        for name in [TC_EGRESS_PROG, OVERLAY_VETH_PROG, OVERLAY_VXLAN_PROG] {
+            let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
+            tc.load()
+                .map_err(|e| DataplaneError::Load(format!("{name}: {}", error_chain(&e))))?;
+        }
         Ok(EbpfDataplane {
             ebpf,
             xdp_mode,
             attached: BTreeMap::new(),
+            vxlan_name: DEFAULT_VXLAN_DEVICE.into(),
+            overlay: None,
+            book: OverlayBook::default(),
+            veth_links: BTreeMap::new(),
         })
+    }
+
+    /// Names the overlay's VXLAN device (default `swarm-vx`); takes effect
+    /// at the next [`Dataplane::overlay_start`].
+    #[must_use]
+    pub fn with_vxlan_device(mut self, name: &str) -> Self {
+        self.vxlan_name = name.into();
+        self
     }
 
     fn attach_xdp(
@@ -252,15 +279,53 @@ impl Dataplane for EbpfDataplane {
             slot.packets += total.packets;
             slot.bytes += total.bytes;
         }
+        let (overlay, overlay_maps) = self.overlay_status()?;
+        let mut maps = vec![MapUsage {
+            name: COUNTERS_MAP.into(),
+            entries,
+            capacity: COUNTERS_MAX_ENTRIES,
+        }];
+        maps.extend(overlay_maps);
         Ok(DataplaneStatus {
             backend: self.backend().into(),
             interfaces,
             counters,
-            maps: vec![MapUsage {
-                name: COUNTERS_MAP.into(),
-                entries,
-                capacity: COUNTERS_MAX_ENTRIES,
-            }],
+            maps,
+            overlay,
         })
+    }
+
+    fn overlay_start(&mut self, vxlan_port: u16) -> Result<OverlayInfo, DataplaneError> {
+        self.overlay_start_impl(vxlan_port)
+    }
+
+    fn set_overlay_network(
+        &mut self,
+        vni: u32,
+        subnet: ipnet::Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), DataplaneError> {
+        self.set_network_impl(vni, subnet, gateway)
+    }
+
+    fn remove_overlay_network(&mut self, vni: u32) -> Result<(), DataplaneError> {
+        self.remove_network_impl(vni)
+    }
+
+    fn set_local_endpoint(&mut self, ep: LocalEndpoint) -> Result<(), DataplaneError> {
+        self.set_local_impl(ep)
+    }
+
+    fn set_remote_endpoint(
+        &mut self,
+        vni: u32,
+        addr: Ipv4Addr,
+        node: Ipv4Addr,
+    ) -> Result<(), DataplaneError> {
+        self.set_remote_impl(vni, addr, node)
+    }
+
+    fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.remove_endpoint_impl(addr)
     }
 }

@@ -1,13 +1,22 @@
 //! The node's packet path, behind the [`Dataplane`] seam.
 //!
-//! Owns what is attached to which interface and the counters it keeps.
+//! Owns what is attached to which interface and the counters it keeps,
+//! and the overlay data path ([`overlay`]: one collect-metadata VXLAN
+//! device per node, TC programs on it and on every task's host veth).
 //! Implementations: [`ebpf::EbpfDataplane`] (XDP + TC programs loaded with
 //! aya). An IPVS fallback will implement the same trait. This module must
 //! never decide policy (which services exist, where tasks run): callers tell
 //! it what to program.
 pub mod ebpf;
+pub mod netlink;
+pub mod overlay;
+#[cfg(test)]
+mod overlay_tests;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+pub use overlay::{LocalEndpoint, OverlayInfo, OverlayStatus, container_mac};
 
 use serde::Serialize;
 
@@ -43,6 +52,16 @@ pub enum DataplaneError {
     AlreadyAttached(String),
     #[error("reading map {map} failed: {reason}")]
     MapRead { map: &'static str, reason: String },
+    #[error("updating map {map} failed: {reason}")]
+    MapWrite { map: &'static str, reason: String },
+    #[error("netlink: {op} failed: {reason}")]
+    Netlink { op: &'static str, reason: String },
+    #[error(
+        "no network interface with index {0} in this node's network namespace; was the veth deleted, or created in another namespace?"
+    )]
+    NoSuchIfindex(u32),
+    #[error("overlay request refused: {0}")]
+    InvalidOverlay(String),
 }
 
 /// One program on one interface.
@@ -84,6 +103,8 @@ pub struct DataplaneStatus {
     pub interfaces: Vec<AttachedInterface>,
     pub counters: BTreeMap<CounterId, Counter>,
     pub maps: Vec<MapUsage>,
+    /// The overlay networks' device and counters.
+    pub overlay: OverlayStatus,
 }
 
 /// A node's packet path. Calls are quick (map updates and reads); callers
@@ -97,4 +118,36 @@ pub trait Dataplane: Send + Sync {
     fn detach(&mut self, interface: &str);
     /// What is attached, and the counters.
     fn status(&self) -> Result<DataplaneStatus, DataplaneError>;
+
+    /// Finds or creates the node's collect-metadata VXLAN device on UDP
+    /// `vxlan_port` and attaches the decapsulation program to it.
+    /// Idempotent; a second call with another port replaces the device.
+    fn overlay_start(&mut self, vxlan_port: u16) -> Result<OverlayInfo, DataplaneError>;
+    /// Adds or updates overlay network `vni` (24 bits) with its subnet and
+    /// gateway. Subnets of different networks must not overlap.
+    fn set_overlay_network(
+        &mut self,
+        vni: u32,
+        subnet: ipnet::Ipv4Net,
+        gateway: Ipv4Addr,
+    ) -> Result<(), DataplaneError>;
+    /// Removes network `vni` and every endpoint on it (detaching from local
+    /// veths). Unknown networks are a no-op.
+    fn remove_overlay_network(&mut self, vni: u32) -> Result<(), DataplaneError>;
+    /// Adds or updates a task attachment on this node and attaches the
+    /// veth program to its host veth (in the calling thread's network
+    /// namespace). The network must be set first.
+    fn set_local_endpoint(&mut self, ep: LocalEndpoint) -> Result<(), DataplaneError>;
+    /// Adds or updates an endpoint running on the node with underlay
+    /// address `node`. Replaces a local endpoint of the same address (the
+    /// task moved), detaching from its veth.
+    fn set_remote_endpoint(
+        &mut self,
+        vni: u32,
+        addr: Ipv4Addr,
+        node: Ipv4Addr,
+    ) -> Result<(), DataplaneError>;
+    /// Removes an endpoint; detaches from its veth if it was local.
+    /// Unknown addresses are a no-op.
+    fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError>;
 }

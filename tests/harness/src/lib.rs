@@ -32,6 +32,7 @@ pub mod cmd;
 pub mod http;
 pub mod images;
 pub mod netns;
+pub mod overlay_lab;
 pub mod paths;
 pub mod process;
 mod spawner;
