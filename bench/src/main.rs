@@ -78,7 +78,7 @@ enum Bench {
         /// Measured seconds per throughput round (default 5, --quick 2).
         #[arg(long)]
         seconds: Option<f64>,
-        /// Throughput rounds per path (default 3, --quick 1).
+        /// Throughput rounds per path (default 5, --quick 1).
         #[arg(long)]
         rounds: Option<usize>,
     },

@@ -186,6 +186,39 @@ fn overlay_connects_containers_across_nodes_and_isolates_networks() {
     );
     assert!(action(&n0, "local_forward") > 0, "{n0:?}");
     assert!(action(&n0, "arp_answered") > 0, "{n0:?}");
+    for s in [&n0, &n1] {
+        for why in [
+            "helper_failed",
+            "malformed",
+            "no_tunnel_key",
+            "unknown_interface",
+        ] {
+            assert_eq!(dropped(s, why), 0, "{why} drops: {s:?}");
+        }
+    }
+    // Neighbour resolution was answered locally, with the host veth's MAC
+    // (proxy ARP) for peers and gateway alike.
+    let neigh = ct(0).exec("ip", &["neigh", "show", "dev", "eth0"]);
+    assert!(neigh.ok(), "{neigh}");
+    let link = lab.nodes[0]
+        .ns
+        .ip(&["-o", "link", "show", "dev", &lab.containers[0].host_veth]);
+    let host_mac = link
+        .stdout
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no MAC in {link}"))
+        .to_string();
+    let a2_line = neigh
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("{a2} ")))
+        .unwrap_or_else(|| panic!("no neighbour entry for a2: {neigh}"));
+    assert!(
+        a2_line.contains(&host_mac),
+        "a2 resolved to {a2_line}, not {host_mac}"
+    );
     assert_eq!(n0.local_endpoints, 2);
     assert_eq!(n0.remote_endpoints, 2);
     assert_eq!(n0.networks, 2);

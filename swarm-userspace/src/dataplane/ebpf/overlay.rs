@@ -217,14 +217,35 @@ impl EbpfDataplane {
         }
         if !self.veth_links.contains_key(&ep.host_ifindex) {
             let prog: &mut SchedClassifier = program(&mut self.ebpf, OVERLAY_VETH_PROG)?;
-            let link =
-                prog.attach(&name, TcAttachType::Ingress)
-                    .map_err(|e| DataplaneError::Attach {
+            match prog.attach(&name, TcAttachType::Ingress) {
+                Ok(link) => {
+                    self.veth_links.insert(ep.host_ifindex, link);
+                }
+                Err(e) => {
+                    // Leave the kernel as the book says it is: the veth
+                    // entry goes; so does the address unless it was known
+                    // (then it keeps pointing at this veth, harmlessly:
+                    // nothing the veth sends is routed without the program).
+                    let reason = error_chain(&e);
+                    let _ = remove_quietly(
+                        &mut ifaces(&mut self.ebpf)?,
+                        &ep.host_ifindex,
+                        OVERLAY_IFACES_MAP,
+                    );
+                    if self.book.endpoint(ep.addr).is_none() {
+                        let _ = remove_quietly(
+                            &mut endpoints(&mut self.ebpf)?,
+                            &addr,
+                            OVERLAY_ENDPOINTS_MAP,
+                        );
+                    }
+                    return Err(DataplaneError::Attach {
                         program: OVERLAY_VETH_PROG,
-                        interface: name.clone(),
-                        reason: error_chain(&e),
-                    })?;
-            self.veth_links.insert(ep.host_ifindex, link);
+                        interface: name,
+                        reason,
+                    });
+                }
+            }
         }
         self.book.record_endpoint(
             ep.addr,
