@@ -152,10 +152,6 @@ pub struct DaemonArgs {
     /// Repeat for several. Without it the node runs with no data plane.
     #[arg(long = "dataplane-interface", value_name = "IFACE")]
     pub dataplane_interfaces: Vec<String>,
-    /// Load the eBPF data plane even without --dataplane-interface (for
-    /// overlay networks only: nothing is attached until an overlay is used).
-    #[arg(long)]
-    pub dataplane_overlay: bool,
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = XdpMode::Auto)]
     pub xdp_mode: XdpMode,
@@ -334,7 +330,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 data_root: args.data_root,
                 host: cli.host,
                 dataplane_interfaces: args.dataplane_interfaces,
-                dataplane_overlay: args.dataplane_overlay,
                 xdp_mode: args.xdp_mode,
                 shutdown_timeout: args.shutdown_timeout,
                 cgroup_parent: args.cgroup_parent,

@@ -31,8 +31,6 @@ pub struct DaemonConfig {
     pub host: Host,
     /// Interfaces the data plane attaches to; none means no data plane.
     pub dataplane_interfaces: Vec<String>,
-    /// Load the data plane even without interfaces (overlay networks only).
-    pub dataplane_overlay: bool,
     pub xdp_mode: XdpMode,
     pub shutdown_timeout: Duration,
     /// Name this node reports (docker uses the OS hostname).
@@ -134,21 +132,36 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     );
     let stop = termination().await?;
 
-    let dataplane: Option<SharedDataplane> = if config.dataplane_interfaces.is_empty()
-        && !config.dataplane_overlay
+    // The data plane: attached to the given interfaces (failing is fatal),
+    // and carrying overlay networks for containers. A node that runs real
+    // containers loads it even without interfaces; if it cannot, the node
+    // still runs, and tasks on overlay networks are rejected with the
+    // reason.
+    let (dataplane, no_dataplane): (Option<SharedDataplane>, String) = if !config
+        .dataplane_interfaces
+        .is_empty()
     {
-        tracing::info!(
-            "no --dataplane-interface or --dataplane-overlay given: running without a data plane"
-        );
-        None
-    } else {
-        // Loading attaches nothing: with no interfaces, programs are
-        // attached only as overlay networks are used.
         let mut dp = EbpfDataplane::load(config.xdp_mode)?;
         for iface in &config.dataplane_interfaces {
             dp.attach(iface)?;
         }
-        Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>)))
+        (
+            Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>))),
+            String::new(),
+        )
+    } else if config.executor == ExecutorKind::Runtime {
+        match EbpfDataplane::load(config.xdp_mode) {
+            Ok(dp) => (
+                Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>))),
+                String::new(),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot load the eBPF data plane: tasks on overlay networks will be rejected");
+                (None, e.to_string())
+            }
+        }
+    } else {
+        (None, "simulated nodes have no data plane".to_string())
     };
 
     let executor = executor(&config)?;
@@ -159,7 +172,29 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         ExecutorKind::Runtime => Arc::new(StoreImages::new(images.clone(), puller.clone())),
         ExecutorKind::Fake => Arc::new(SimulatedImages),
     };
-    let (worker, worker_loop) = Worker::new(executor.clone(), task_images);
+    let networks: Arc<dyn crate::worker::TaskNetworks> = match config.executor {
+        ExecutorKind::Runtime => {
+            let upstreams = crate::network::dns::read_resolv_conf(std::path::Path::new(
+                "/etc/resolv.conf",
+            ))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "the embedded DNS server has no upstream resolvers");
+                Vec::new()
+            });
+            Arc::new(crate::network::NetworkAgent::new(
+                &config.data_root,
+                Arc::new(crate::network::glue::DataplaneOverlay::new(
+                    dataplane.clone(),
+                    no_dataplane,
+                )),
+                Some(Arc::new(crate::network::glue::EmbeddedDns(
+                    crate::network::dns::DnsServer::new(upstreams),
+                ))),
+            ))
+        }
+        ExecutorKind::Fake => Arc::new(crate::worker::NoNetworks),
+    };
+    let (worker, worker_loop) = Worker::with_networks(executor.clone(), task_images, networks);
 
     let (node, node_loop) = crate::node::new(crate::node::NodeConfig {
         data_root: config.data_root.clone(),

@@ -564,6 +564,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                     updated_tasks: view
                         .tasks_by_node(&node_id)
                         .iter()
+                        .filter(|t| is_assigned(t))
                         .map(|t| (**t).clone())
                         .collect(),
                     ..Default::default()
@@ -616,6 +617,11 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                             let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
                             let removed = matches!(e.kind, crate::store::EventKind::Removed)
                                 || t.node_id != node_id;
+                            if !removed && !is_assigned(t) {
+                                // Not the node's yet (a global task still
+                                // being allocated).
+                                continue;
+                            }
                             if removed {
                                 m.removed_task_ids.push(id);
                             } else {
@@ -688,6 +694,13 @@ fn update_status(e: crate::manager::UpdateError) -> Status {
         crate::manager::UpdateError::Store(e) => Status::internal(e.to_string()),
         crate::manager::UpdateError::Propose(e) => crate::manager::caserver::propose_status(e),
     }
+}
+
+/// Whether a task on a node is the node's to run: the scheduler (or, for
+/// global tasks, which carry their node from the start, the allocator and
+/// scheduler) is done with it. Until then it has no addresses yet.
+fn is_assigned(t: &pb::Task) -> bool {
+    t.status.as_ref().map_or(0, |s| s.state) >= pb::TaskState::Assigned as i32
 }
 
 /// Whether an incremental message carries nothing.

@@ -9,6 +9,7 @@
 //! addresses (the managers' allocator does) or touch a namespace or
 //! interface it did not create.
 pub mod dns;
+pub mod glue;
 pub mod netns;
 pub mod view;
 
@@ -20,24 +21,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use ipnet::Ipv4Net;
 use swarm_proto::v1 as pb;
 
+pub use crate::dataplane::overlay::container_mac;
 use crate::worker::{PreparedNetwork, TaskNetworks};
 pub use view::NetView;
-
-/// The overlay MTU loses the VXLAN header: outer IPv4 (20) + UDP (8) +
-/// VXLAN (8) + inner Ethernet (14).
-pub const VXLAN_OVERHEAD: u32 = 50;
 
 /// VXLAN's IANA port, docker's default `--data-path-port`.
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 
 /// The embedded DNS server's address inside every task namespace (docker's).
 pub const EMBEDDED_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
-
-/// docker's MAC for a container address: 02:42 and the address's bytes.
-pub fn container_mac(addr: Ipv4Addr) -> [u8; 6] {
-    let o = addr.octets();
-    [0x02, 0x42, o[0], o[1], o[2], o[3]]
-}
 
 /// The node's overlay data path, as the network agent drives it. Calls are
 /// idempotent; errors are texts for the task's status.

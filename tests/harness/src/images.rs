@@ -56,6 +56,7 @@ const HOST_TINI: &str = "/usr/bin/tini-static";
 /// (`sleep` as a long-running command, `wget`/`nc` to probe the network).
 const BB_APPLETS: &[&str] = &[
     "sh", "httpd", "hostname", "cat", "env", "ls", "ps", "sleep", "wget", "nc", "true", "false",
+    "nslookup", "ping",
 ];
 /// Applets in `multilayer:1` (its command lists `/ml`, then sleeps).
 const ML_APPLETS: &[&str] = &["sh", "cat", "ls", "find", "sort", "sleep"];
