@@ -345,3 +345,70 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
         assert!(out.ok(), "new rr task on node {}: {out}", t.node);
     }
 }
+
+/// A worker's daemon dies (kill -9) and comes back: its containers keep
+/// their namespaces and addresses, and once the new daemon has adopted
+/// them (re-attaching the data path and the DNS server), they are reachable
+/// across the router again and resolve names.
+#[test]
+fn overlay_tasks_are_reachable_again_after_their_daemon_restarts() {
+    let c = cluster(2, Topology::RoutedSubnets);
+    form(&c, 1, 1);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 2);
+    let image = c.image("bb:1");
+    n1.swarm(&["network", "create", "-d", "overlay", "front"])
+        .success();
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--mode",
+        "global",
+        &image,
+    ])
+    .success();
+    let web = running(&c, "web", 2);
+    let on = |i: usize| {
+        web.iter()
+            .find(|t| t.node == i)
+            .cloned()
+            .expect("a task per node")
+    };
+    let (w1, w2) = (on(1), on(2));
+    let reach = |from: &Placed, to: &Placed| {
+        let out = in_container(&c, from, &http_get(&to.addr, 3));
+        out.ok() && out.stdout.contains("hostname=")
+    };
+    assert!(reach(&w1, &w2), "node 1 → node 2 before the restart");
+
+    let n2 = c.node(2);
+    n2.kill9();
+    n2.start();
+    swarm_harness::wait_until(
+        Duration::from_secs(30),
+        "node 2 adopts its container",
+        || n2.log().contains("adopted the task's container"),
+    );
+    eventually(
+        Duration::from_secs(20),
+        "node 1 → node 2 after the restart",
+        || reach(&w1, &w2).then_some(()),
+    );
+    assert!(reach(&w2, &w1), "node 2 → node 1 after the restart");
+    // Same task, same address: adopted, not replaced.
+    let again = running(&c, "web", 2);
+    assert!(
+        again.iter().any(|t| t.id == w2.id && t.addr == w2.addr),
+        "{again:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "node 2's task resolves names again",
+        || (lookup(&c, &w2, "tasks.web").len() == 2).then_some(()),
+    );
+}
