@@ -167,7 +167,9 @@ for _ in range(5):
 
 #[test]
 fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
-    let c = cluster(3, Topology::RoutedSubnets);
+    let mut c = cluster(3, Topology::RoutedSubnets);
+    let outside = c.add_client_host().addr();
+    let c = c;
     form(&c, 1, 2);
     let n1 = c.node(1);
     wait_all_ready(n1, 3);
@@ -323,6 +325,26 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
             "UDP {size} bytes node 1 → node 2: {out}"
         );
     }
+
+    // Containers reach hosts outside the swarm, masqueraded to their
+    // node's address (docker's gwbridge behaviour).
+    let listener = c
+        .host(1)
+        .in_netns(|| std::net::TcpListener::bind((outside, 7070)).expect("bind outside"));
+    let seen = std::thread::spawn(move || {
+        use std::io::Write;
+        let (mut s, peer) = listener.accept().expect("accept");
+        let _ = s.write_all(b"hello from outside\n");
+        peer
+    });
+    let out = in_container(&c, &p2, &format!("echo hi | nc -w 5 {outside} 7070"));
+    assert!(out.stdout.contains("hello from outside"), "{out}");
+    let peer = seen.join().expect("the outside server ran");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(c.node(2).addr()),
+        "masqueraded to node 2"
+    );
 
     // A replaced task is reachable at its new address, and its name follows.
     n1.swarm(&["service", "update", "--force", "--detach", "rr"])

@@ -9,6 +9,7 @@
 //! addresses (the managers' allocator does) or touch a namespace or
 //! interface it did not create.
 pub mod dns;
+pub mod egress;
 pub mod glue;
 pub mod netns;
 pub mod view;
@@ -81,6 +82,8 @@ struct State {
     remote: BTreeMap<Ipv4Addr, (u32, Ipv4Addr)>,
     /// Networks installed in the data path, by VNI.
     networks: BTreeSet<u32>,
+    /// The overlay subnets the egress rules were last written for.
+    egress: Option<Vec<Ipv4Net>>,
     /// Whether leftovers of an earlier run were cleaned (at the first
     /// complete assignment set).
     cleaned: bool,
@@ -261,6 +264,7 @@ impl NetworkAgent {
                 default_route: *i == 0,
             };
             let idx = netns::add_link(&host, &ns, &path, &link).await?;
+            netns::host_route(&host, idx, addr.addr(), link.mac).await?;
             self.overlay
                 .set_network(*vni, *subnet, *gateway)
                 .map_err(NetworkError::Overlay)?;
@@ -283,6 +287,7 @@ impl NetworkAgent {
             }
             st.local.insert(task_id.clone(), links.clone());
         }
+        self.sync_egress().await;
         let mut nameserver = None;
         if let Some(names) = &self.names {
             let networks: Vec<String> = plan.iter().map(|p| p.0.clone()).collect();
@@ -333,6 +338,32 @@ impl NetworkAgent {
         self.sync_overlay(&mut st);
     }
 
+    /// Rewrites the egress rules when the overlay subnets changed. Only
+    /// nodes with tasks on overlay networks have any; failures are logged
+    /// (the overlay itself works without them).
+    async fn sync_egress(&self) {
+        let want: Vec<Ipv4Net> = {
+            let st = lock(&self.state);
+            if st.local.is_empty() && st.egress.is_none() {
+                return;
+            }
+            st.view
+                .overlay_networks()
+                .values()
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        if lock(&self.state).egress.as_ref() == Some(&want) {
+            return;
+        }
+        let subnets = want.clone();
+        match tokio::task::spawn_blocking(move || egress::apply(&subnets)).await {
+            Ok(Ok(())) => lock(&self.state).egress = Some(want),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot set up egress for overlay networks"),
+            Err(e) => tracing::warn!(error = %e, "the egress setup task failed"),
+        }
+    }
+
     /// After a restart, at the first complete assignment set: namespaces
     /// of tasks no longer assigned go.
     async fn clean_leftovers(&self, assigned: &BTreeSet<String>) {
@@ -368,6 +399,7 @@ impl TaskNetworks for NetworkAgent {
             }
             first
         };
+        self.sync_egress().await;
         if first_full {
             let assigned: BTreeSet<String> = m
                 .updated_tasks

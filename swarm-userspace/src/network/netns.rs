@@ -273,6 +273,37 @@ pub async fn add_link(
     Ok(host_idx)
 }
 
+/// Makes the container reachable from the node's own stack (replies to
+/// its outbound connections after NAT): a /32 route through its host end
+/// and a permanent neighbour entry with its MAC, since the data path
+/// answers ARP only for the container's own questions.
+pub async fn host_route(
+    host: &Handle,
+    host_ifindex: u32,
+    addr: Ipv4Addr,
+    mac: [u8; 6],
+) -> Result<(), NetnsError> {
+    host.neighbours()
+        .add(host_ifindex, addr.into())
+        .link_layer_address(&mac)
+        .state(rtnetlink::packet_route::neighbour::NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("adding the neighbour entry of {addr}")))?;
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(addr, 32)
+        .output_interface(host_ifindex)
+        .scope(rtnetlink::packet_route::route::RouteScope::Link)
+        .build();
+    host.route()
+        .add(route)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("adding the host route to {addr}")))
+}
+
 /// Deletes a host end (its container end goes with it).
 pub async fn del_link(host: &Handle, host_name: &str) -> Result<(), NetnsError> {
     if let Some(idx) = index_of(host, host_name).await? {
