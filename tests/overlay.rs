@@ -118,6 +118,21 @@ fn page_host(out: &CmdOutput) -> String {
         .to_owned()
 }
 
+/// The value of one series in node `i`'s Prometheus metrics (0 if absent).
+fn metric(c: &Cluster, i: usize, series: &str) -> f64 {
+    let body = c
+        .node(i)
+        .in_netns(|| {
+            let addr: std::net::SocketAddr = "127.0.0.1:9323".parse().expect("addr");
+            swarm_harness::http::get(addr, "/metrics", Duration::from_secs(3))
+        })
+        .map(|r| r.body)
+        .unwrap_or_default();
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// The A records `nslookup NAME` printed (busybox format), sorted.
 fn lookup(c: &Cluster, from: &Placed, name: &str) -> Vec<String> {
     let out = in_container(c, from, &format!("nslookup {name}"));
@@ -325,6 +340,12 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
             "UDP {size} bytes node 1 → node 2: {out}"
         );
     }
+
+    // The data path's counters are in Prometheus: node 2 decapsulated what
+    // the others sent it, node 1 dropped iso's attempts.
+    assert!(metric(&c, 2, "swarm_overlay_packets_total{action=\"decapsulated\"}") > 0.0);
+    assert!(metric(&c, 1, "swarm_overlay_packets_total{action=\"encapsulated\"}") > 0.0);
+    assert!(metric(&c, 1, "swarm_overlay_drops_total{reason=\"isolation\"}") > 0.0);
 
     // Containers reach hosts outside the swarm, masqueraded to their
     // node's address (docker's gwbridge behaviour).

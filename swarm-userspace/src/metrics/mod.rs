@@ -41,6 +41,22 @@ pub struct DatapathLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhereLabel {
+    /// "local" or "remote".
+    pub location: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: String,
 }
@@ -87,6 +103,12 @@ pub struct Metrics {
     pub datapath_bytes: Family<DatapathLabels, Counter>,
     pub datapath_map_entries: Family<MapLabel, Gauge>,
     pub datapath_map_capacity: Family<MapLabel, Gauge>,
+    /// Overlay frames by what the programs did with them.
+    pub overlay_packets: Family<ActionLabel, Counter>,
+    pub overlay_bytes: Family<ActionLabel, Counter>,
+    /// Overlay frames dropped, by reason.
+    pub overlay_drops: Family<ReasonLabel, Counter>,
+    pub overlay_endpoints: Family<WhereLabel, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +155,10 @@ impl Metrics {
             datapath_bytes: Family::default(),
             datapath_map_entries: Family::default(),
             datapath_map_capacity: Family::default(),
+            overlay_packets: Family::default(),
+            overlay_bytes: Family::default(),
+            overlay_drops: Family::default(),
+            overlay_endpoints: Family::default(),
             registry: Registry::default(),
         };
         r.register_with_unit(
@@ -273,6 +299,27 @@ impl Metrics {
             "datapath_map_capacity",
             "Maximum entries of each BPF map (pressure = entries / capacity)",
             m.datapath_map_capacity.clone(),
+        );
+        r.register(
+            "overlay_packets",
+            "Overlay frames handled by the eBPF programs, by action (local_forward, encapsulated, decapsulated, arp_answered, passed_to_host)",
+            m.overlay_packets.clone(),
+        );
+        r.register_with_unit(
+            "overlay",
+            "Overlay bytes handled by the eBPF programs, by action",
+            Unit::Bytes,
+            m.overlay_bytes.clone(),
+        );
+        r.register(
+            "overlay_drops",
+            "Overlay frames dropped by the eBPF programs, by reason (isolation, unknown_endpoint, ...)",
+            m.overlay_drops.clone(),
+        );
+        r.register(
+            "overlay_endpoints",
+            "Overlay endpoints in the data path's map, local or remote",
+            m.overlay_endpoints.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -14,7 +14,9 @@ use swarm_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::{DatapathLabels, KindLabel, MapLabel, StateLabel, metrics};
+use super::{
+    ActionLabel, DatapathLabels, KindLabel, MapLabel, ReasonLabel, StateLabel, WhereLabel, metrics,
+};
 use crate::{
     api::server::SharedDataplane,
     node::NodeHandle,
@@ -182,6 +184,7 @@ pub fn refresh(node: &NodeHandle, dataplane: Option<&SharedDataplane>) {
                         .get_or_create(&label)
                         .set(i64::from(map.capacity));
                 }
+                overlay_metrics(&status.overlay);
             }
             Err(e) => tracing::warn!(error = %e, "reading data plane counters for metrics"),
         }
@@ -260,5 +263,38 @@ impl ControlLoop for MetricsServer {
                 }
             });
         }
+    }
+}
+
+/// The overlay's counters and endpoint counts.
+fn overlay_metrics(o: &crate::dataplane::OverlayStatus) {
+    let m = metrics();
+    for (action, c) in &o.actions {
+        let l = ActionLabel {
+            action: (*action).to_string(),
+        };
+        m.overlay_packets
+            .get_or_create(&l)
+            .inner()
+            .store(c.packets, Ordering::Relaxed);
+        m.overlay_bytes
+            .get_or_create(&l)
+            .inner()
+            .store(c.bytes, Ordering::Relaxed);
+    }
+    for (reason, c) in &o.drops {
+        m.overlay_drops
+            .get_or_create(&ReasonLabel {
+                reason: (*reason).to_string(),
+            })
+            .inner()
+            .store(c.packets, Ordering::Relaxed);
+    }
+    for (location, n) in [("local", o.local_endpoints), ("remote", o.remote_endpoints)] {
+        m.overlay_endpoints
+            .get_or_create(&WhereLabel {
+                location: location.to_string(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 }
