@@ -216,6 +216,7 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
         ],
         vec!["--name", "probe", "--network", "front", "--mode", "global"],
         vec!["--name", "iso", "--network", "back", "--mode", "global"],
+        vec!["--name", "both", "--network", "front", "--network", "back"],
     ] {
         let mut argv = vec!["service", "create", "--detach"];
         argv.extend(args);
@@ -312,6 +313,13 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
         );
     }
 
+    // A container on both networks reaches both.
+    let both = running(&c, "both", 1).remove(0);
+    for (what, t) in [("web", &web[0]), ("iso", &isos[0])] {
+        let out = in_container(&c, &both, &http_get(&t.addr, 5));
+        assert!(out.stdout.contains("hostname="), "both → {what}: {out}");
+    }
+
     // UDP both ways across the router, with 1400-byte datagrams that may
     // not be fragmented.
     let w2 = web
@@ -343,8 +351,20 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
 
     // The data path's counters are in Prometheus: node 2 decapsulated what
     // the others sent it, node 1 dropped iso's attempts.
-    assert!(metric(&c, 2, "swarm_overlay_packets_total{action=\"decapsulated\"}") > 0.0);
-    assert!(metric(&c, 1, "swarm_overlay_packets_total{action=\"encapsulated\"}") > 0.0);
+    assert!(
+        metric(
+            &c,
+            2,
+            "swarm_overlay_packets_total{action=\"decapsulated\"}"
+        ) > 0.0
+    );
+    assert!(
+        metric(
+            &c,
+            1,
+            "swarm_overlay_packets_total{action=\"encapsulated\"}"
+        ) > 0.0
+    );
     assert!(metric(&c, 1, "swarm_overlay_drops_total{reason=\"isolation\"}") > 0.0);
 
     // Containers reach hosts outside the swarm, masqueraded to their
