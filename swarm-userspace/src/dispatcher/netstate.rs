@@ -205,11 +205,16 @@ impl NodeNetState {
             .list::<pb::Cluster>()
             .next()
             .map_or(0, |c| c.vxlan_udp_port);
-        let want: BTreeSet<String> = view
+        let mut want: BTreeSet<String> = view
             .tasks_by_node(&self.node_id)
             .iter()
             .flat_map(|t| task_network_ids(t).map(str::to_owned).collect::<Vec<_>>())
             .collect();
+        // Every node is on the routing mesh's network: a published port
+        // answers on nodes that run no task of the service too.
+        if let Some(ingress) = crate::allocator::ingress_network(view) {
+            want.insert(id(&*ingress).to_owned());
+        }
         let gone: Vec<String> = self
             .networks
             .keys()
@@ -241,11 +246,18 @@ impl NodeNetState {
             msg.updated_networks.push((*n).clone());
         }
         if !new.is_empty() {
-            // A network joined: everyone on it. One scan of all tasks,
-            // only when the node's network set grows.
-            for t in view.list::<pb::Task>() {
-                if task_network_ids(&t).any(|n| new.iter().any(|x| x == n)) {
-                    self.sync_task(view, id(&*t), msg);
+            // A network joined: everyone on it, found through the services
+            // on it (tasks are indexed by service, not by network), so the
+            // cost is the services plus their tasks, never every task.
+            for s in view.list::<pb::Service>() {
+                let nets = service_network_ids(view, &s);
+                if !new.iter().any(|n| nets.contains(n)) {
+                    continue;
+                }
+                for t in view.tasks_by_service(id(&*s)) {
+                    if task_network_ids(&t).any(|n| new.iter().any(|x| x == n)) {
+                        self.sync_task(view, id(&*t), msg);
+                    }
                 }
             }
         }

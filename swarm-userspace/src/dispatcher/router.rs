@@ -41,11 +41,18 @@ type Subscribers = HashMap<String, Vec<(u64, mpsc::UnboundedSender<Routed>)>>;
 /// network ID → node ID → how many of the node's tasks are attached to it.
 type Membership = HashMap<String, HashMap<String, u32>>;
 
+/// Who is on which overlay network. Every node is on the ingress network.
+#[derive(Default)]
+struct Members {
+    by_network: Membership,
+    ingress: Option<String>,
+}
+
 /// Cheap to clone; one per dispatcher.
 #[derive(Clone, Default)]
 pub struct Router {
     subs: Arc<Mutex<Subscribers>>,
-    members: Arc<Mutex<Membership>>,
+    members: Arc<Mutex<Members>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -142,12 +149,25 @@ fn count_task(members: &mut Membership, o: &Object, add: bool) {
     }
 }
 
-fn membership(view: &ReadTx) -> Membership {
+fn membership(view: &ReadTx) -> Members {
     let mut m = Membership::new();
     for t in view.list::<pb::Task>() {
         count_task(&mut m, &Object::Task(t), true);
     }
-    m
+    Members {
+        by_network: m,
+        ingress: crate::allocator::ingress_network(view)
+            .and_then(|n| n.meta.as_ref().map(|m| m.id.clone())),
+    }
+}
+
+fn is_ingress(o: &Object) -> Option<&str> {
+    match o {
+        Object::Network(n) if n.spec.as_ref().is_some_and(|s| s.ingress) => {
+            n.meta.as_ref().map(|m| m.id.as_str())
+        }
+        _ => None,
+    }
 }
 
 impl Router {
@@ -220,11 +240,15 @@ impl Router {
                 for e in events {
                     if let Object::Task(_) = &e.object {
                         if let Some(old) = &e.old {
-                            count_task(&mut members, old, false);
+                            count_task(&mut members.by_network, old, false);
                         }
                         if e.kind != crate::store::EventKind::Removed {
-                            count_task(&mut members, &e.object, true);
+                            count_task(&mut members.by_network, &e.object, true);
                         }
+                    }
+                    if let Some(id) = is_ingress(&e.object) {
+                        members.ingress =
+                            (e.kind != crate::store::EventKind::Removed).then(|| id.to_owned());
                     }
                 }
                 let mut net: HashMap<&str, Vec<Event>> = HashMap::new();
@@ -235,7 +259,9 @@ impl Router {
                     }
                     let mut nodes: BTreeSet<&str> = BTreeSet::new();
                     for n in nets {
-                        if let Some(on) = members.get(n) {
+                        if members.ingress.as_deref() == Some(n) {
+                            nodes.extend(subs.keys().map(String::as_str));
+                        } else if let Some(on) = members.by_network.get(n) {
                             nodes.extend(on.keys().map(String::as_str));
                         }
                     }

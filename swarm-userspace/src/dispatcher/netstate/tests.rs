@@ -195,3 +195,47 @@ fn joining_a_network_sends_everyone_already_on_it() {
     assert_eq!(ids, vec!["t1", "t2", "t4"]);
     assert_eq!(m.updated_services.len(), 1);
 }
+
+#[test]
+fn every_node_is_on_the_ingress_network_with_everyone_publishing() {
+    let store = store();
+    let mut ingress = testutil::network("ing", "ingress");
+    ingress.vni = 4096;
+    ingress
+        .spec
+        .as_mut()
+        .expect("test network has a spec")
+        .ingress = true;
+    // s1 publishes a port: the allocator gave it a VIP on ingress.
+    let mut s1 = testutil::read::<pb::Service>(&store, "s1");
+    s1.endpoint = Some(pb::Endpoint {
+        virtual_ips: vec![pb::VirtualIp {
+            network_id: "ing".into(),
+            addr: "10.0.0.2/24".into(),
+        }],
+        ..Default::default()
+    });
+    store
+        .apply(
+            2,
+            testutil::batch(
+                2,
+                vec![
+                    testutil::create(ingress),
+                    testutil::update(s1),
+                    testutil::create(attached(
+                        testutil::task("t9", "s1", 9, "n1"),
+                        "ing",
+                        "10.0.0.5/24",
+                    )),
+                ],
+            ),
+        )
+        .expect("batch applies");
+    // n3 runs nothing, yet gets ingress and the task publishing on it.
+    let (_, m) = full(&store, "n3");
+    let nets: Vec<u32> = m.updated_networks.iter().map(|n| n.vni).collect();
+    assert_eq!(nets, vec![4096]);
+    assert_eq!(m.updated_peers.len(), 1);
+    assert_eq!(m.updated_peers[0].task_id, "t9");
+}
