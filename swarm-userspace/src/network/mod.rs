@@ -11,6 +11,7 @@
 pub mod dns;
 pub mod egress;
 pub mod glue;
+pub mod lb;
 pub mod netns;
 pub mod view;
 
