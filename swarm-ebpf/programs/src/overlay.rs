@@ -86,7 +86,7 @@ fn count(what: OverlayCounter, len: u32) {
 #[inline(always)]
 fn drop_frame(why: OverlayCounter, len: u32) -> i32 {
     count(why, len);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 /// (ifindex, len) of the frame.
@@ -136,7 +136,7 @@ pub fn swarm_ovl_veth_ingress(ctx: TcContext) -> i32 {
         _ => {
             // Not carried by the overlay (IPv6, …): the host decides.
             count(OverlayCounter::PassedToHost, len);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
     }
 }
@@ -216,13 +216,13 @@ fn route_ipv4(ctx: &TcContext, iface: &IfaceValue, len: u32) -> i32 {
         // Outside every overlay: the host stack (and its NAT) decides.
         None => {
             count(OverlayCounter::PassedToHost, len);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
         Some(s) if s.vni != iface.vni => drop_frame(OverlayCounter::DropIsolation, len),
         // The gateway itself has no endpoint: let the host answer (or not).
         Some(s) if s.gateway == dst => {
             count(OverlayCounter::PassedToHost, len);
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
         Some(_) => drop_frame(OverlayCounter::DropUnknownEndpoint, len),
     }
