@@ -307,6 +307,10 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.update_node(req.into_inner()).await);
         }
+        // Serialized with the leader's other writers (status reports,
+        // leader loops), so what is read below is still current when
+        // proposed.
+        let _w = self.m.write_lock().await;
         let r = req.into_inner();
         let spec = r
             .spec
@@ -371,6 +375,10 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.remove_node(req.into_inner()).await);
         }
+        // Serialized with the leader's other writers (status reports,
+        // leader loops), so what is read below is still current when
+        // proposed.
+        let _w = self.m.write_lock().await;
         let r = req.into_inner();
         let node = resolve_node(&self.m, &r.node_id)?;
         let id = node.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
@@ -421,6 +429,10 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.create_service(req.into_inner()).await);
         }
+        // Serialized with the leader's other writers (status reports,
+        // leader loops), so what is read below is still current when
+        // proposed.
+        let _w = self.m.write_lock().await;
         let spec = req
             .into_inner()
             .spec
@@ -494,6 +506,10 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.update_service(req.into_inner()).await);
         }
+        // Serialized with the leader's other writers (status reports,
+        // leader loops), so what is read below is still current when
+        // proposed.
+        let _w = self.m.write_lock().await;
         let r = req.into_inner();
         let current = resolve_service(&self.m, &r.service_ref)?;
         let id = current
@@ -570,6 +586,10 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.remove_service(req.into_inner()).await);
         }
+        // Serialized with the leader's other writers (status reports,
+        // leader loops), so what is read below is still current when
+        // proposed.
+        let _w = self.m.write_lock().await;
         let svc = resolve_service(&self.m, &req.get_ref().service_ref)?;
         let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
         let tasks = self.m.store.view().tasks_by_service(&id);
