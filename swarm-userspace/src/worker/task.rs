@@ -344,6 +344,14 @@ impl TaskManager {
                 self.report(Report::exited(exit));
                 return;
             }
+            if self.current == TaskState::Running as i32 && is_balanced(&self.task.borrow()) {
+                // Every node's load balancer has heard that this task
+                // stops (it came with the same commit) and sends it no new
+                // connections; give that a moment to land before the
+                // process is told to stop, so a rolling update under load
+                // loses no requests.
+                tokio::time::sleep(LB_DRAIN).await;
+            }
             self.stop_container().await;
             if let Ok(s) = ctl.inspect().await {
                 exit_code = s.exit.map_or(0, |e| e.code);
@@ -375,4 +383,16 @@ impl TaskManager {
         self.shared.board.forget(&self.id);
         tracing::debug!(task = %self.id, "task removed");
     }
+}
+
+/// How long a load-balanced task keeps running after it is asked to stop,
+/// before its stop signal: the time for every node to take it out of its
+/// backend sets.
+pub const LB_DRAIN: Duration = Duration::from_millis(500);
+
+/// Whether a task is a backend of a VIP or of published ports.
+fn is_balanced(t: &pb::Task) -> bool {
+    t.endpoint
+        .as_ref()
+        .is_some_and(|e| !e.virtual_ips.is_empty() || !e.ports.is_empty())
 }

@@ -309,6 +309,33 @@ async fn shutdown_stops_with_the_stop_signal_and_keeps_the_container() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_load_balanced_task_drains_before_its_stop_signal() {
+    for (balanced, min, max) in [
+        (true, super::task::LB_DRAIN, super::task::LB_DRAIN * 2),
+        (false, Duration::ZERO, super::task::LB_DRAIN / 2),
+    ] {
+        let n = Node::new();
+        let mut t = task("t1", &[]);
+        if balanced {
+            t.endpoint = Some(pb::Endpoint {
+                virtual_ips: vec![pb::VirtualIp {
+                    network_id: "n".into(),
+                    addr: "10.0.1.2/24".into(),
+                }],
+                ..Default::default()
+            });
+        }
+        n.full(vec![t.clone()]);
+        n.until("t1", TaskState::Running).await;
+        let at = tokio::time::Instant::now();
+        n.update(vec![desired(t, TaskState::Shutdown)], &[]);
+        n.until("t1", TaskState::Shutdown).await;
+        let took = at.elapsed();
+        assert!(took >= min && took < max, "balanced={balanced}: {took:?}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_grace_period_is_given_before_sigkill() {
     let n = Node::new();
     let mut t = task("t1", &[(fake::LABEL_IGNORE_STOP, "true")]);
