@@ -320,6 +320,9 @@ pub const LB_FRONTENDS_MAP: &str = "SWARM_LB_FRONTENDS";
 /// slot: entry `slot * LB_MAGLEV_SIZE + i` is a backend address (`[u8; 4]`,
 /// all zero when the service has no backend taking new flows).
 pub const LB_MAGLEV_MAP: &str = "SWARM_LB_MAGLEV";
+/// Hash map of every VIP on this node: address (`[u8; 4]`) → VNI (`u32`);
+/// the overlay answers ARP for them.
+pub const LB_VIPS_MAP: &str = "SWARM_LB_VIPS";
 /// LRU hash map of connection tracking entries: [`CtKey`] → [`CtValue`].
 pub const LB_CT_MAP: &str = "SWARM_LB_CT";
 /// One-entry array: the routing mesh's settings ([`MeshConfig`]).
@@ -562,7 +565,7 @@ impl LbCounter {
 }
 
 /// Every map of the object, for pinning.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 13] = [
     COUNTERS_MAP,
     OVERLAY_ENDPOINTS_MAP,
     OVERLAY_IFACES_MAP,
@@ -570,6 +573,7 @@ pub const ALL_MAPS: [&str; 12] = [
     OVERLAY_CONFIG_MAP,
     OVERLAY_COUNTERS_MAP,
     LB_FRONTENDS_MAP,
+    LB_VIPS_MAP,
     LB_MAGLEV_MAP,
     LB_CT_MAP,
     LB_CONFIG_MAP,

@@ -16,11 +16,8 @@
 //! tunnel key) and tunnels the replies back there, where the source becomes
 //! the node's address and published port again.
 use aya_ebpf::{
-    bindings::{
-        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
-    },
-    helpers::generated::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_ns, bpf_redirect, bpf_redirect_neigh},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::generated::{bpf_ktime_get_ns, bpf_redirect_neigh},
     macros::{classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
     programs::TcContext,
@@ -37,6 +34,9 @@ use crate::overlay;
 #[map(name = "SWARM_LB_FRONTENDS")]
 static FRONTENDS: HashMap<FrontendKey, FrontendValue> =
     HashMap::with_max_entries(LB_FRONTENDS_MAX, 0);
+
+#[map(name = "SWARM_LB_VIPS")]
+static VIPS: HashMap<[u8; 4], u32> = HashMap::with_max_entries(LB_FRONTENDS_MAX, 0);
 
 #[map(name = "SWARM_LB_MAGLEV")]
 static MAGLEV: Array<[u8; 4]> = Array::with_max_entries(LB_MAX_SERVICES * LB_MAGLEV_SIZE, 0);
@@ -63,7 +63,6 @@ const TCP_FIN: u8 = 0x01;
 const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
-const AF_INET: u8 = 2;
 
 #[inline(always)]
 fn bump(c: &PerCpuArray<PacketCounter>, idx: u32, len: u32) {
@@ -97,6 +96,14 @@ fn drop_pkt(why: LbCounter, len: u32) -> i32 {
 fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { bpf_ktime_get_ns() }
+}
+
+/// Whether `addr` is a VIP of network `vni` (the overlay answers ARP for
+/// it: containers see VIPs on-link).
+#[inline(always)]
+pub fn is_vip(addr: [u8; 4], vni: u32) -> bool {
+    // SAFETY: value pointer from a lookup, valid for this run.
+    VIPS.get_ptr(&addr).is_some_and(|v| unsafe { *v } == vni)
 }
 
 /// The TCP/UDP header fields the balancer works with.
@@ -338,12 +345,7 @@ fn backend_for(
 /// to the connection's backend. `Ok(None)`: not a VIP (route as is);
 /// `Ok(Some(backend))`: translated; `Err(verdict)`: dropped.
 #[inline(always)]
-pub fn vip_forward(
-    ctx: &TcContext,
-    vni: u32,
-    l4: &L4,
-    len: u32,
-) -> Result<Option<[u8; 4]>, i32> {
+pub fn vip_forward(ctx: &TcContext, vni: u32, l4: &L4, len: u32) -> Result<Option<[u8; 4]>, i32> {
     let fk = FrontendKey {
         addr: l4.key.dst,
         port: l4.key.dport,
@@ -403,46 +405,18 @@ pub fn vip_reply(ctx: &TcContext, len: u32) -> Result<(), i32> {
     Ok(())
 }
 
-/// Sends a translated mesh reply out of the node: route and neighbour from
-/// the kernel's tables.
+/// Sends a translated mesh reply out of the node's external interface; the
+/// kernel picks the next hop and fills the MACs from its neighbour table.
+/// (`bpf_fib_lookup` would need forwarding enabled on the node, which the
+/// mesh does not otherwise require.)
 #[inline(always)]
-fn send_out(ctx: &TcContext, l4: &L4, src: [u8; 4], ext_ifindex: u32, len: u32) -> i32 {
-    // SAFETY: all-zero is a valid bpf_fib_lookup (integers and unions of
-    // integers).
-    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
-    p.family = AF_INET;
-    p.l4_protocol = l4.key.proto;
-    p.sport = u16::from_ne_bytes(l4.key.sport);
-    p.dport = u16::from_ne_bytes(l4.key.dport);
-    p.ifindex = ext_ifindex;
-    p.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    p.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(l4.key.dst);
-    // SAFETY: p is a valid, writable bpf_fib_lookup of the size passed.
-    let r = unsafe {
-        fib_lookup(
-            ctx.skb.skb.cast(),
-            &mut p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            BPF_FIB_LOOKUP_OUTPUT,
-        )
-    };
-    if r == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(&p.dmac);
-        macs[6..].copy_from_slice(&p.smac);
-        if ctx.store(0, &macs, 0).is_err() {
-            return drop_pkt(LbCounter::DropRewrite, len);
-        }
-        count(LbCounter::MeshReply, len);
-        // SAFETY: plain helper call; the verdict it returns is ours.
-        return unsafe { bpf_redirect(p.ifindex, 0) as i32 };
+fn send_out(ext_ifindex: u32, len: u32) -> i32 {
+    if ext_ifindex == 0 {
+        return drop_pkt(LbCounter::DropNoRoute, len);
     }
-    if r == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
-        count(LbCounter::MeshReply, len);
-        // SAFETY: no parameters: the kernel resolves the next hop itself.
-        return unsafe { bpf_redirect_neigh(p.ifindex, core::ptr::null_mut(), 0, 0) as i32 };
-    }
-    drop_pkt(LbCounter::DropNoRoute, len)
+    count(LbCounter::MeshReply, len);
+    // SAFETY: no parameters: the kernel resolves the next hop itself.
+    unsafe { bpf_redirect_neigh(ext_ifindex, core::ptr::null_mut(), 0, 0) as i32 }
 }
 
 /// Backend → client outside the swarm: a reply of a mesh connection. On the
@@ -462,16 +436,7 @@ pub fn mesh_reply(ctx: &TcContext, l4: &L4, from_tunnel: bool, len: u32) -> Opti
             return Some(drop_pkt(LbCounter::DropRewrite, len));
         }
         count_service(v.slot, true, len);
-        let out = L4 {
-            key: CtKey {
-                src: v.nat_addr,
-                sport: v.nat_port,
-                ..l4.key
-            },
-            l4_off: l4.l4_off,
-            tcp_flags: l4.tcp_flags,
-        };
-        return Some(send_out(ctx, &out, v.nat_addr, cfg.ext_ifindex, len));
+        return Some(send_out(cfg.ext_ifindex, len));
     }
     if v.kind == CtKind::MeshTunnelBack as u8 && !from_tunnel {
         touch(e, l4.ct_flags(true));

@@ -21,6 +21,7 @@
 //! helper works from TC ingress, which both programs here are). ARP answers
 //! go back with plain `bpf_redirect` to the veth's egress: rare, and the
 //! simplest path.
+use crate::lb;
 use aya_ebpf::{
     bindings::{
         BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_SHOT, bpf_tunnel_key, bpf_tunnel_key__bindgen_ty_1,
@@ -33,7 +34,6 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::TcContext,
 };
-use crate::lb;
 use swarm_ebpf_common::{
     EndpointValue, IfaceValue, Ipv4Key, OVERLAY_ENDPOINTS_MAX, OVERLAY_IFACES_MAX,
     OVERLAY_SUBNETS_MAX, OverlayConfig, OverlayCounter, PacketCounter, SubnetValue,
@@ -184,7 +184,8 @@ fn answer_arp(ctx: &TcContext, ifindex: u32, iface: &IfaceValue, len: u32) -> i3
             || ENDPOINTS
                 .get_ptr(tpa)
                 // SAFETY: value pointer from a lookup, valid for this run.
-                .is_some_and(|ep| unsafe { (*ep).vni } == iface.vni));
+                .is_some_and(|ep| unsafe { (*ep).vni } == iface.vni)
+            || lb::is_vip(tpa, iface.vni));
     if !answerable {
         return drop_frame(OverlayCounter::DropArp, len);
     }

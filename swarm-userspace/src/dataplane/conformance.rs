@@ -195,11 +195,28 @@ fn action(s: &LbStatus, what: &str) -> u64 {
     s.actions.get(what).map_or(0, |c| c.packets)
 }
 
+/// Every node's counters, for failure messages.
+fn dump(dps: &[Box<dyn Dataplane>]) -> String {
+    dps.iter()
+        .enumerate()
+        .map(|(i, dp)| match dp.status() {
+            Ok(s) => format!(
+                "node {i}: lb {:?} drops {:?}; overlay {:?} drops {:?}",
+                s.lb.actions, s.lb.drops, s.overlay.actions, s.overlay.drops
+            ),
+            Err(e) => format!("node {i}: {e}"),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn set_app_backends(fx: &mut Fixture, dps: &mut [Box<dyn Dataplane>], b: Vec<Backend>) {
     fx.app_backends = b.clone();
     for (i, dp) in dps.iter_mut().enumerate() {
-        on(&fx.lab, i, dp.as_mut(), |dp| dp.set_backends("app/app-net", &b))
-            .expect("setting backends");
+        on(&fx.lab, i, dp.as_mut(), |dp| {
+            dp.set_backends("app/app-net", &b)
+        })
+        .expect("setting backends");
     }
 }
 
@@ -238,6 +255,9 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         program_node(&fx, i, dp.as_mut());
     }
 
+    if let Err(e) = WhoamiConn::open(client(&fx), SocketAddr::from((VIP, 80)), TIMEOUT) {
+        panic!("first VIP connection: {e:#}\n{}", dump(dps));
+    }
     // 1. New connections spread over the backends on both nodes.
     let seen: BTreeSet<Ipv4Addr> = spread(&fx, 24).into_iter().collect();
     assert_eq!(seen, BTreeSet::from([B1, B2]), "backends reached");
@@ -261,12 +281,16 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
     set_app_backends(&mut fx, dps, vec![backend(B1), backend(B2), backend(B3)]);
     for (i, c) in held.iter_mut().enumerate() {
         assert_eq!(
-            c.echo(format!("still {i}").as_bytes()).expect("held connection after adding a backend"),
+            c.echo(format!("still {i}").as_bytes())
+                .expect("held connection after adding a backend"),
             format!("still {i}").as_bytes()
         );
     }
     let seen: BTreeSet<Ipv4Addr> = spread(&fx, 30).into_iter().collect();
-    assert!(seen.contains(&B3), "the new backend gets new connections: {seen:?}");
+    assert!(
+        seen.contains(&B3),
+        "the new backend gets new connections: {seen:?}"
+    );
 
     // 4. A draining backend gets no new connections; its established ones
     // continue.
@@ -275,7 +299,9 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         .find(|c| c.server == B1)
         .or_else(|| {
             (0..60)
-                .map(|_| WhoamiConn::open(client(&fx), SocketAddr::from((VIP, 80)), TIMEOUT).unwrap())
+                .map(|_| {
+                    WhoamiConn::open(client(&fx), SocketAddr::from((VIP, 80)), TIMEOUT).unwrap()
+                })
                 .find(|c| c.server == B1)
         })
         .expect("a connection to b1");
@@ -292,12 +318,24 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         ],
     );
     let seen: BTreeSet<Ipv4Addr> = spread(&fx, 30).into_iter().collect();
-    assert!(!seen.contains(&B1), "draining b1 got new connections: {seen:?}");
-    assert_eq!(on_b1.echo(b"draining").expect("b1 connection while draining"), b"draining");
+    assert!(
+        !seen.contains(&B1),
+        "draining b1 got new connections: {seen:?}"
+    );
+    assert_eq!(
+        on_b1
+            .echo(b"draining")
+            .expect("b1 connection while draining"),
+        b"draining"
+    );
 
     // 5. The routing mesh answers on both nodes (the backend runs on node
     // 1 only) and the backend sees the outside client's address.
     for node in [0, 1] {
+        let to = SocketAddr::from((fx.lab.nodes[node].addr, PUBLISHED));
+        if let Err(e) = WhoamiConn::open(&fx.lab.hosts[0].ns, to, TIMEOUT) {
+            panic!("mesh via node {node}: {e:#}\n{}", dump(dps));
+        }
         let mut c = mesh_conn(&fx, node);
         assert_mesh(&fx, &mut c);
     }
@@ -313,8 +351,14 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
 
     // 6. Counters.
     let (s0, s1) = (lb(dps[0].as_ref()), lb(dps[1].as_ref()));
-    assert!(action(&s0, "vip_new_flow") > 0 && action(&s0, "vip_reply") > 0, "{s0:?}");
-    assert!(action(&s0, "mesh_new_flow") > 0 && action(&s0, "mesh_reply") > 0, "{s0:?}");
+    assert!(
+        action(&s0, "vip_new_flow") > 0 && action(&s0, "vip_reply") > 0,
+        "{s0:?}"
+    );
+    assert!(
+        action(&s0, "mesh_new_flow") > 0 && action(&s0, "mesh_reply") > 0,
+        "{s0:?}"
+    );
     assert!(action(&s1, "mesh_tunnel_back") > 0, "{s1:?}");
     for s in [&s0, &s1] {
         for why in ["rewrite_failed", "ct_full", "unknown_backend", "no_route"] {
@@ -341,8 +385,14 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
 /// Removing a service stops its VIP; run last.
 pub fn finish(fx: &Fixture, dps: &mut [Box<dyn Dataplane>]) {
     for (i, dp) in dps.iter_mut().enumerate() {
-        on(&fx.lab, i, dp.as_mut(), |dp| dp.remove_service("app/app-net")).expect("remove");
-        on(&fx.lab, i, dp.as_mut(), |dp| dp.remove_service("app/app-net")).expect("remove again");
+        on(&fx.lab, i, dp.as_mut(), |dp| {
+            dp.remove_service("app/app-net")
+        })
+        .expect("remove");
+        on(&fx.lab, i, dp.as_mut(), |dp| {
+            dp.remove_service("app/app-net")
+        })
+        .expect("remove again");
     }
     assert!(
         WhoamiConn::open(

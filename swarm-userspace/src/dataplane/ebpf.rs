@@ -91,6 +91,7 @@ struct Adopted {
     ifaces: Vec<u32>,
     subnets: Vec<(u32, [u8; 4])>,
     frontends: Vec<swarm_ebpf_common::FrontendKey>,
+    vips: Vec<[u8; 4]>,
 }
 
 pub struct EbpfDataplane {
@@ -281,9 +282,10 @@ impl EbpfDataplane {
     /// can remove what is not set again.
     fn adopt(&mut self) -> Result<(), DataplaneError> {
         let mut a = overlay::adopted_overlay(&mut self.ebpf)?;
-        let (frontends, slots) = lb::adopted_frontends(&mut self.ebpf)?;
-        a.frontends = frontends;
-        self.lb.reserve_slots(slots);
+        let f = lb::adopted_frontends(&mut self.ebpf)?;
+        a.frontends = f.keys;
+        a.vips = f.vips;
+        self.lb.reserve_slots(f.slots);
         tracing::info!(
             endpoints = a.endpoints.len(),
             frontends = a.frontends.len(),

@@ -199,10 +199,7 @@ impl LbBook {
         if let Some(vip) = fe.vip
             && (vip.is_unspecified() || vip.is_broadcast() || vip.is_multicast())
         {
-            return Err(invalid(format!(
-                "service {}: {vip} cannot be a VIP",
-                fe.id
-            )));
+            return Err(invalid(format!("service {}: {vip} cannot be a VIP", fe.id)));
         }
         if fe.vip.is_none() && !fe.ports.is_empty() {
             return Err(invalid(format!(
@@ -232,6 +229,17 @@ impl LbBook {
                 }
             }
         }
+        if let Some(vip) = fe.vip
+            && let Some(other) = self
+                .services
+                .values()
+                .find(|s| s.frontend.id != fe.id && s.frontend.vip == Some(vip))
+        {
+            return Err(invalid(format!(
+                "service {}: VIP {vip} already belongs to service {}",
+                fe.id, other.frontend.id
+            )));
+        }
         let mine: BTreeSet<FrontKey> = fe.keys().into_iter().map(|(k, _, _)| k).collect();
         for other in self.services.values().filter(|s| s.frontend.id != fe.id) {
             for (k, _, mesh) in other.frontend.keys() {
@@ -239,7 +247,12 @@ impl LbBook {
                     let what = if mesh {
                         format!("port {}/{} is already published", k.port, k.proto.as_str())
                     } else {
-                        format!("{}:{}/{} is already a VIP port", k.addr, k.port, k.proto.as_str())
+                        format!(
+                            "{}:{}/{} is already a VIP port",
+                            k.addr,
+                            k.port,
+                            k.proto.as_str()
+                        )
                     };
                     return Err(invalid(format!(
                         "service {}: {what} by service {}; remove it there first",
@@ -450,9 +463,8 @@ pub fn ct_sweep(entries: &[(CtKey, CtValue)], now_ns: u64) -> Vec<CtKey> {
     let by_key: HashMap<CtKey, &CtValue> = entries.iter().map(|(k, v)| (*k, v)).collect();
     let mut partnered: BTreeSet<[u8; 16]> = BTreeSet::new();
     let mut out = Vec::new();
-    let expired = |proto: u8, flags: u8, last: u64| {
-        now_ns.saturating_sub(last) > ct_timeout(proto, flags)
-    };
+    let expired =
+        |proto: u8, flags: u8, last: u64| now_ns.saturating_sub(last) > ct_timeout(proto, flags);
     for (k, v) in entries {
         let Some(kind) = CtKind::from_u8(v.kind) else {
             out.push(*k);
@@ -466,7 +478,10 @@ pub fn ct_sweep(entries: &[(CtKey, CtValue)], now_ns: u64) -> Vec<CtKey> {
             Some(r) => {
                 partnered.insert(key_bytes(&rk));
                 let replied = if r.last_seen_ns != 0 { CT_REPLIED } else { 0 };
-                (v.flags | r.flags | replied, v.last_seen_ns.max(r.last_seen_ns))
+                (
+                    v.flags | r.flags | replied,
+                    v.last_seen_ns.max(r.last_seen_ns),
+                )
             }
             None => (v.flags, v.last_seen_ns),
         };
@@ -599,43 +614,102 @@ mod tests {
             .check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[8080]), None)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("already published") && err.contains("service a"), "{err}");
+        assert!(
+            err.contains("already published") && err.contains("service a"),
+            "{err}"
+        );
         // Same VIP port elsewhere: refused.
-        assert!(book.check_service(&fe("b", Some([10, 0, 0, 2]), &[80], &[]), None).is_err());
+        assert!(
+            book.check_service(&fe("b", Some([10, 0, 0, 2]), &[80], &[]), None)
+                .is_err()
+        );
         // Another service gets the next slot; a preferred free slot wins.
-        assert_eq!(book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), None).unwrap().0, 1);
-        assert_eq!(book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), Some(7)).unwrap().0, 7);
-        assert_eq!(book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), Some(0)).unwrap().0, 1);
+        assert_eq!(
+            book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), None)
+                .unwrap()
+                .0,
+            1
+        );
+        assert_eq!(
+            book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), Some(7))
+                .unwrap()
+                .0,
+            7
+        );
+        assert_eq!(
+            book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), Some(0))
+                .unwrap()
+                .0,
+            1
+        );
         // Reserved slots are skipped.
         book.reserve_slots([1, 2]);
-        assert_eq!(book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), None).unwrap().0, 3);
+        assert_eq!(
+            book.check_service(&fe("b", Some([10, 0, 0, 3]), &[80], &[]), None)
+                .unwrap()
+                .0,
+            3
+        );
         // Updating keeps the slot and reports removed keys.
-        let (slot, removed) = book.check_service(&fe("a", Some([10, 0, 0, 2]), &[80], &[]), None).unwrap();
+        let (slot, removed) = book
+            .check_service(&fe("a", Some([10, 0, 0, 2]), &[80], &[]), None)
+            .unwrap();
         assert_eq!(slot, 0);
-        assert_eq!(removed, vec![FrontKey { addr: Ipv4Addr::UNSPECIFIED, proto: Proto::Tcp, port: 8080 }]);
+        assert_eq!(
+            removed,
+            vec![FrontKey {
+                addr: Ipv4Addr::UNSPECIFIED,
+                proto: Proto::Tcp,
+                port: 8080
+            }]
+        );
         // Bad input.
         assert!(book.check_service(&fe("", None, &[], &[]), None).is_err());
-        assert!(book.check_service(&fe("c", None, &[80], &[]), None).is_err());
-        assert!(book.check_service(&fe("c", Some([0, 0, 0, 0]), &[80], &[]), None).is_err());
-        assert!(book.check_service(&fe("c", Some([10, 0, 0, 9]), &[80, 80], &[]), None).is_err());
-        assert!(book.check_service(&fe("c", Some([10, 0, 0, 9]), &[0], &[]), None).is_err());
+        assert!(
+            book.check_service(&fe("c", None, &[80], &[]), None)
+                .is_err()
+        );
+        assert!(
+            book.check_service(&fe("c", Some([0, 0, 0, 0]), &[80], &[]), None)
+                .is_err()
+        );
+        assert!(
+            book.check_service(&fe("c", Some([10, 0, 0, 9]), &[80, 80], &[]), None)
+                .is_err()
+        );
+        assert!(
+            book.check_service(&fe("c", Some([10, 0, 0, 9]), &[0], &[]), None)
+                .is_err()
+        );
         let mut bad_vni = fe("c", None, &[], &[]);
         bad_vni.vni = 0;
         assert!(book.check_service(&bad_vni, None).is_err());
         // Backends.
-        let b = |a: [u8; 4]| Backend { addr: a.into(), draining: false };
+        let b = |a: [u8; 4]| Backend {
+            addr: a.into(),
+            draining: false,
+        };
         assert!(book.check_backends("zz", &[]).is_err());
-        assert!(book.check_backends("a", &[b([10, 0, 0, 5]), b([10, 0, 0, 5])]).is_err());
+        assert!(
+            book.check_backends("a", &[b([10, 0, 0, 5]), b([10, 0, 0, 5])])
+                .is_err()
+        );
         assert!(book.check_backends("a", &[b([0, 0, 0, 0])]).is_err());
         assert_eq!(book.check_backends("a", &[b([10, 0, 0, 5])]).unwrap(), 0);
     }
 
     #[test]
     fn draining_backends_leave_the_table() {
-        let b = |a: u32, draining| Backend { addr: Ipv4Addr::from(a), draining };
+        let b = |a: u32, draining| Backend {
+            addr: Ipv4Addr::from(a),
+            draining,
+        };
         let t = service_table(&[b(1, false), b(2, true), b(3, false)]);
         let c = counts(&t);
-        assert_eq!(c.keys().copied().collect::<Vec<_>>(), vec![Ipv4Addr::from(1), Ipv4Addr::from(3)]);
+        assert_eq!(
+            c.keys().copied().collect::<Vec<_>>(),
+            vec![Ipv4Addr::from(1), Ipv4Addr::from(3)]
+        );
         assert!(service_table(&[b(2, true)]).is_empty());
     }
 
@@ -665,8 +739,14 @@ mod tests {
     fn ct_timeouts_are_never_shorter_than_the_kernels() {
         assert_eq!(ct_timeout(IPPROTO_TCP, CT_REPLIED), 432_000 * SEC);
         assert_eq!(ct_timeout(IPPROTO_TCP, 0), 120 * SEC);
-        assert_eq!(ct_timeout(IPPROTO_TCP, CT_REPLIED | CT_FIN_ORIG), 432_000 * SEC);
-        assert_eq!(ct_timeout(IPPROTO_TCP, CT_REPLIED | CT_FIN_ORIG | CT_FIN_REPLY), 120 * SEC);
+        assert_eq!(
+            ct_timeout(IPPROTO_TCP, CT_REPLIED | CT_FIN_ORIG),
+            432_000 * SEC
+        );
+        assert_eq!(
+            ct_timeout(IPPROTO_TCP, CT_REPLIED | CT_FIN_ORIG | CT_FIN_REPLY),
+            120 * SEC
+        );
         assert_eq!(ct_timeout(IPPROTO_TCP, CT_REPLIED | CT_RST), 10 * SEC);
         assert_eq!(ct_timeout(IPPROTO_UDP, 0), 30 * SEC);
         assert_eq!(ct_timeout(IPPROTO_UDP, CT_REPLIED), 120 * SEC);
@@ -698,7 +778,10 @@ mod tests {
         // FIN both ways: 120 s; RST: 10 s.
         let closed = vec![
             (fwd, val(CtKind::VipForward, CT_FIN_ORIG, t0, (7, 8080))),
-            (rev, val(CtKind::VipReply, CT_FIN_REPLY | CT_REPLIED, t0, (100, 80))),
+            (
+                rev,
+                val(CtKind::VipReply, CT_FIN_REPLY | CT_REPLIED, t0, (100, 80)),
+            ),
         ];
         assert!(ct_sweep(&closed, t0 + 100 * SEC).is_empty());
         assert_eq!(ct_sweep(&closed, t0 + 121 * SEC).len(), 2);
@@ -716,7 +799,13 @@ mod tests {
         assert!(ct_sweep(&back, t0 + 100 * SEC).is_empty());
         assert_eq!(ct_sweep(&back, t0 + 121 * SEC), vec![udp]);
         // Garbage kinds go.
-        let junk = vec![(udp, CtValue { kind: 99, ..CtValue::default() })];
+        let junk = vec![(
+            udp,
+            CtValue {
+                kind: 99,
+                ..CtValue::default()
+            },
+        )];
         assert_eq!(ct_sweep(&junk, t0), vec![udp]);
     }
 }

@@ -29,7 +29,7 @@ impl Bpffs {
 impl Drop for Bpffs {
     fn drop(&mut self) {
         for i in 0..2 {
-            let _ = rustix::mount::unmount(&self.node(i), rustix::mount::UnmountFlags::DETACH);
+            let _ = rustix::mount::unmount(self.node(i), rustix::mount::UnmountFlags::DETACH);
         }
     }
 }
@@ -64,9 +64,12 @@ fn load_balancer_conformance_and_agent_restart() {
     dps[0].set_service(stale).expect("stale service");
 
     // Connections open across the agent's death.
-    let mut vip_conn =
-        WhoamiConn::open(&fx.lab.containers[0].ns, SocketAddr::from((VIP, 80)), TIMEOUT)
-            .expect("VIP connection");
+    let mut vip_conn = WhoamiConn::open(
+        &fx.lab.containers[0].ns,
+        SocketAddr::from((VIP, 80)),
+        TIMEOUT,
+    )
+    .expect("VIP connection");
     let mut mesh_conn = conformance::mesh_conn(&fx, 0);
 
     // The agents die: nothing is detached, the pinned state keeps working.
@@ -81,9 +84,9 @@ fn load_balancer_conformance_and_agent_restart() {
     // sweep what they did not claim.
     let mut dps: Vec<Box<dyn Dataplane>> = Vec::new();
     for i in 0..2 {
-        let mut dp = fx.lab.nodes[i].ns.run(|| {
-            EbpfDataplane::load_pinned(XdpMode::Auto, &bpffs.node(i)).expect("reloading")
-        });
+        let mut dp = fx.lab.nodes[i]
+            .ns
+            .run(|| EbpfDataplane::load_pinned(XdpMode::Auto, &bpffs.node(i)).expect("reloading"));
         assert!(dp.is_adopting(), "node {i} adopted nothing");
         conformance::program_node(&fx, i, &mut dp);
         // Traffic flows mid-reconciliation.
@@ -91,7 +94,11 @@ fn load_balancer_conformance_and_agent_restart() {
         let report = dp.adoption_done().expect("adoption done");
         assert_eq!(report.endpoints, 0, "node {i}: {report:?}");
         assert_eq!(report.links, 0, "node {i}: {report:?}");
-        assert_eq!(report.frontends, usize::from(i == 0), "node {i}: {report:?}");
+        assert_eq!(
+            report.frontends,
+            usize::from(i == 0),
+            "node {i}: {report:?}"
+        );
         dps.push(Box::new(dp));
     }
     assert_eq!(vip_conn.echo(b"adopted").unwrap(), b"adopted");

@@ -164,7 +164,15 @@ impl OverlayLab {
         ip(
             &self.router,
             &[
-                "link", "add", &rdev, "type", "veth", "peer", "name", "eth0", "netns",
+                "link",
+                "add",
+                &rdev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
                 ns.name(),
             ],
         )?;
@@ -482,7 +490,10 @@ impl WhoamiServer {
                 conns.push(std::thread::spawn(move || {
                     let _ = conn.set_nonblocking(false);
                     let _ = conn.set_read_timeout(Some(POLL));
-                    if conn.write_all(format!("{addr} {peer}\n").as_bytes()).is_err() {
+                    if conn
+                        .write_all(format!("{addr} {peer}\n").as_bytes())
+                        .is_err()
+                    {
                         return;
                     }
                     let mut buf = [0u8; 65536];

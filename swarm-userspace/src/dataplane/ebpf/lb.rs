@@ -12,7 +12,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use swarm_ebpf_common::{
     CtKey, CtValue, FRONTEND_MESH, FrontendKey, FrontendValue, LB_CONFIG_MAP, LB_COUNTERS_MAP,
     LB_CT_MAP, LB_CT_MAX, LB_FRONTENDS_MAP, LB_FRONTENDS_MAX, LB_MAGLEV_MAP, LB_MAGLEV_SIZE,
-    LB_MESH_PROG, LB_SERVICE_COUNTERS_MAP, LbCounter, MeshConfig, PacketCounter,
+    LB_MESH_PROG, LB_SERVICE_COUNTERS_MAP, LB_VIPS_MAP, LbCounter, MeshConfig, PacketCounter,
 };
 
 use super::overlay::{map_mut, remove_quietly, write_err};
@@ -56,6 +56,10 @@ fn frontends(
     HashMap::try_from(map_mut(ebpf, LB_FRONTENDS_MAP)?).map_err(write_err(LB_FRONTENDS_MAP))
 }
 
+fn vips(ebpf: &mut aya::Ebpf) -> Result<HashMap<&mut MapData, [u8; 4], u32>, DataplaneError> {
+    HashMap::try_from(map_mut(ebpf, LB_VIPS_MAP)?).map_err(write_err(LB_VIPS_MAP))
+}
+
 fn maglev(ebpf: &mut aya::Ebpf) -> Result<Array<&mut MapData, [u8; 4]>, DataplaneError> {
     Array::try_from(map_mut(ebpf, LB_MAGLEV_MAP)?).map_err(write_err(LB_MAGLEV_MAP))
 }
@@ -87,10 +91,21 @@ fn write_table(
     Ok(())
 }
 
-/// Frontends a previous agent left, and the slots they use.
-pub(super) fn adopted_frontends(
-    ebpf: &mut aya::Ebpf,
-) -> Result<(Vec<FrontendKey>, BTreeSet<u32>), DataplaneError> {
+/// Frontends and VIPs a previous agent left, and the slots they use.
+pub(super) struct AdoptedFrontends {
+    pub keys: Vec<FrontendKey>,
+    pub vips: Vec<[u8; 4]>,
+    pub slots: BTreeSet<u32>,
+}
+
+pub(super) fn adopted_frontends(ebpf: &mut aya::Ebpf) -> Result<AdoptedFrontends, DataplaneError> {
+    let adopted_vips = vips(ebpf)?
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DataplaneError::MapRead {
+            map: LB_VIPS_MAP,
+            reason: error_chain(&e),
+        })?;
     let mut keys = Vec::new();
     let mut slots = BTreeSet::new();
     for entry in frontends(ebpf)?.iter() {
@@ -101,7 +116,11 @@ pub(super) fn adopted_frontends(
         keys.push(k);
         slots.insert(v.slot);
     }
-    Ok((keys, slots))
+    Ok(AdoptedFrontends {
+        keys,
+        vips: adopted_vips,
+        slots,
+    })
 }
 
 /// Removes adopted frontends the new agent did not set again.
@@ -118,6 +137,17 @@ pub(super) fn sweep_adopted(dp: &mut EbpfDataplane, a: &Adopted) -> Result<usize
         if !kept.contains(k) {
             remove_quietly(&mut map, k, LB_FRONTENDS_MAP)?;
             removed += 1;
+        }
+    }
+    let kept_vips: HashSet<[u8; 4]> = dp
+        .lb
+        .services()
+        .filter_map(|s| s.frontend.vip.map(|v| v.octets()))
+        .collect();
+    let mut map = vips(&mut dp.ebpf)?;
+    for v in &a.vips {
+        if !kept_vips.contains(v) {
+            remove_quietly(&mut map, v, LB_VIPS_MAP)?;
         }
     }
     Ok(removed)
@@ -159,6 +189,18 @@ impl EbpfDataplane {
         for k in &removed {
             remove_quietly(&mut map, &kernel_key(k), LB_FRONTENDS_MAP)?;
         }
+        let old_vip = self.lb.service(&fe.id).and_then(|s| s.frontend.vip);
+        let mut vip_map = vips(&mut self.ebpf)?;
+        if let Some(vip) = fe.vip {
+            vip_map
+                .insert(vip.octets(), fe.vni, 0)
+                .map_err(write_err(LB_VIPS_MAP))?;
+        }
+        if let Some(old) = old_vip
+            && Some(old) != fe.vip
+        {
+            remove_quietly(&mut vip_map, &old.octets(), LB_VIPS_MAP)?;
+        }
         tracing::debug!(id = %fe.id, slot, frontends = keys.len(), "service frontend set");
         self.lb.record_service(fe, slot);
         Ok(())
@@ -191,6 +233,9 @@ impl EbpfDataplane {
         let mut map = frontends(&mut self.ebpf)?;
         for (k, _, _) in s.frontend.keys() {
             remove_quietly(&mut map, &kernel_key(&k), LB_FRONTENDS_MAP)?;
+        }
+        if let Some(vip) = s.frontend.vip {
+            remove_quietly(&mut vips(&mut self.ebpf)?, &vip.octets(), LB_VIPS_MAP)?;
         }
         write_table(&mut self.ebpf, s.slot, &[], None)?;
         self.lb.record_removed(id);
@@ -295,21 +340,16 @@ impl EbpfDataplane {
         let mut status = LbStatus {
             services: self.lb.services().count(),
             backends: self.lb.services().map(|s| s.backends.len()).sum(),
-            mesh: self
-                .mesh
-                .as_ref()
-                .map(|m| (m.interface.clone(), m.addr)),
+            mesh: self.mesh.as_ref().map(|m| (m.interface.clone(), m.addr)),
             ct_entries: self.ct_last.entries,
             ct_capacity: LB_CT_MAX,
             ct_expired_total: self.ct_expired_total,
             ..LbStatus::default()
         };
         for c in LbCounter::ALL {
-            let total = sum(
-                counters
-                    .get(&(c as u32), 0)
-                    .map_err(read_err(LB_COUNTERS_MAP))?,
-            );
+            let total = sum(counters
+                .get(&(c as u32), 0)
+                .map_err(read_err(LB_COUNTERS_MAP))?);
             if c.is_drop() {
                 status.drops.insert(c.as_str(), total);
             } else {
@@ -320,17 +360,15 @@ impl EbpfDataplane {
             PerCpuArray::try_from(get(LB_SERVICE_COUNTERS_MAP)?)
                 .map_err(read_err(LB_SERVICE_COUNTERS_MAP))?;
         for s in self.lb.services() {
-            let fwd = sum(
-                per_svc
-                    .get(&(s.slot * 2), 0)
-                    .map_err(read_err(LB_SERVICE_COUNTERS_MAP))?,
-            );
-            let back = sum(
-                per_svc
-                    .get(&(s.slot * 2 + 1), 0)
-                    .map_err(read_err(LB_SERVICE_COUNTERS_MAP))?,
-            );
-            status.per_service.insert(s.frontend.id.clone(), (fwd, back));
+            let fwd = sum(per_svc
+                .get(&(s.slot * 2), 0)
+                .map_err(read_err(LB_SERVICE_COUNTERS_MAP))?);
+            let back = sum(per_svc
+                .get(&(s.slot * 2 + 1), 0)
+                .map_err(read_err(LB_SERVICE_COUNTERS_MAP))?);
+            status
+                .per_service
+                .insert(s.frontend.id.clone(), (fwd, back));
         }
         Ok(status)
     }

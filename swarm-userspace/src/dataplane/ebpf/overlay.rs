@@ -386,7 +386,7 @@ pub(super) fn adopted_overlay(ebpf: &mut aya::Ebpf) -> Result<Adopted, Dataplane
         endpoints,
         ifaces,
         subnets,
-        frontends: Vec::new(),
+        ..Adopted::default()
     })
 }
 
