@@ -17,6 +17,9 @@
 mod lb;
 mod overlay;
 
+#[cfg(test)]
+pub(crate) use lb::monotonic_now_ns;
+
 use std::{
     collections::{BTreeMap, BTreeSet},
     ffi::CString,

@@ -82,7 +82,7 @@ fn load_balancer_conformance_and_agent_restart() {
 
     // New agents adopt the pinned maps and links, set everything again and
     // sweep what they did not claim.
-    let mut dps: Vec<Box<dyn Dataplane>> = Vec::new();
+    let mut reloaded: Vec<EbpfDataplane> = Vec::new();
     for i in 0..2 {
         let mut dp = fx.lab.nodes[i]
             .ns
@@ -99,7 +99,7 @@ fn load_balancer_conformance_and_agent_restart() {
             usize::from(i == 0),
             "node {i}: {report:?}"
         );
-        dps.push(Box::new(dp));
+        reloaded.push(dp);
     }
     assert_eq!(vip_conn.echo(b"adopted").unwrap(), b"adopted");
     assert_eq!(mesh_conn.echo(b"adopted").unwrap(), b"adopted");
@@ -114,6 +114,27 @@ fn load_balancer_conformance_and_agent_restart() {
         .is_err(),
         "the unclaimed frontend was swept"
     );
+
+    // Connection tracking GC far in the future expires every entry; open
+    // connections then miss their entry mid-flow, are counted, and are
+    // balanced again, to the same backend while the tables are unchanged.
+    for (i, dp) in reloaded.iter_mut().enumerate() {
+        let far = super::ebpf::monotonic_now_ns() + 6 * 24 * 3600 * 1_000_000_000;
+        let gc = dp.ct_gc_at(far).expect("ct gc");
+        assert!(
+            gc.entries > 0 && gc.expired == gc.entries,
+            "node {i}: {gc:?}"
+        );
+    }
+    assert_eq!(vip_conn.echo(b"after gc").unwrap(), b"after gc");
+    assert_eq!(mesh_conn.echo(b"after gc").unwrap(), b"after gc");
+    let s0 = reloaded[0].status().unwrap().lb;
+    assert!(s0.actions["ct_miss_mid_flow"].packets > 0, "{s0:?}");
+    assert!(s0.ct_expired_total > 0, "{s0:?}");
+    let mut dps: Vec<Box<dyn Dataplane>> = reloaded
+        .into_iter()
+        .map(|d| Box::new(d) as Box<dyn Dataplane>)
+        .collect();
 
     conformance::finish(&fx, &mut dps);
     drop((vip_conn, mesh_conn, fresh));

@@ -31,7 +31,7 @@ pub(super) struct Mesh {
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` stamps entries with.
-pub(super) fn monotonic_now_ns() -> u64 {
+pub(crate) fn monotonic_now_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -87,6 +87,25 @@ fn write_table(
         }
         m.set(slot * LB_MAGLEV_SIZE + i, new.octets(), 0)
             .map_err(write_err(LB_MAGLEV_MAP))?;
+    }
+    Ok(())
+}
+
+fn zero_service_counters(ebpf: &mut aya::Ebpf, slot: u32) -> Result<(), DataplaneError> {
+    let err = write_err(LB_SERVICE_COUNTERS_MAP);
+    let mut a: PerCpuArray<_, PacketCounter> =
+        PerCpuArray::try_from(map_mut(ebpf, LB_SERVICE_COUNTERS_MAP)?).map_err(&err)?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::MapWrite {
+        map: LB_SERVICE_COUNTERS_MAP,
+        reason: format!("counting CPUs: {e}"),
+    })?;
+    for idx in [slot * 2, slot * 2 + 1] {
+        let zero = aya::maps::PerCpuValues::try_from(vec![PacketCounter::default(); cpus])
+            .map_err(|e| DataplaneError::MapWrite {
+                map: LB_SERVICE_COUNTERS_MAP,
+                reason: e.to_string(),
+            })?;
+        a.set(idx, zero, 0).map_err(&err)?;
     }
     Ok(())
 }
@@ -169,8 +188,10 @@ impl EbpfDataplane {
         };
         let (slot, removed) = self.lb.check_service(&fe, preferred)?;
         if !known && preferred != Some(slot) {
-            // A fresh slot: no backends until they are set.
+            // A fresh slot: no backends until they are set, and counters
+            // that start from zero.
             write_table(&mut self.ebpf, slot, &[], None)?;
+            zero_service_counters(&mut self.ebpf, slot)?;
         }
         let mut map = frontends(&mut self.ebpf)?;
         for (k, target, mesh) in &keys {
