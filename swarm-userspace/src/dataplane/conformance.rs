@@ -274,6 +274,17 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
     let n = sock.recv(&mut buf).expect("udp reply from the VIP");
     assert_eq!(&buf[..n], b"udp via vip");
 
+    // A container on another network does not reach the VIP.
+    assert!(
+        WhoamiConn::open(
+            &fx.lab.containers[4].ns,
+            SocketAddr::from((VIP, 80)),
+            Duration::from_millis(500)
+        )
+        .is_err(),
+        "a VIP answered a container of another network"
+    );
+
     // 3. Established connections keep their backend when one is added.
     let mut held: Vec<WhoamiConn> = (0..12)
         .map(|_| WhoamiConn::open(client(&fx), SocketAddr::from((VIP, 80)), TIMEOUT).unwrap())

@@ -142,3 +142,49 @@ fn load_balancer_conformance_and_agent_restart() {
     drop(fx);
     drop(bpffs);
 }
+
+/// Request/response round trips (64 bytes, one connection) through the
+/// VIP and the mesh against the backend directly. Not a gate: prints
+/// numbers. (New-connection rates would measure the lab server's 20 ms
+/// accept poll, not the data path.)
+/// `cargo test -p swarm --lib -- --ignored lb_rates --nocapture`
+#[test]
+#[ignore = "measurement, not a check"]
+fn lb_rates() {
+    let mut dps: Vec<Box<dyn Dataplane>> = (0..2)
+        .map(|_| Box::new(EbpfDataplane::load(XdpMode::Auto).expect("load")) as Box<dyn Dataplane>)
+        .collect();
+    let fx = conformance::run(&mut dps);
+    let rate = |ns: &swarm_harness::Netns, to: SocketAddr| {
+        let mut c = WhoamiConn::open(ns, to, TIMEOUT).expect("connection");
+        let n = 5000;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            c.echo(&[7u8; 64]).expect("round trip");
+        }
+        f64::from(n) / t.elapsed().as_secs_f64()
+    };
+    let client = &fx.lab.containers[0].ns;
+    let host = &fx.lab.hosts[0].ns;
+    println!(
+        "client container: direct to b2 {:.0}/s, via VIP {:.0}/s",
+        rate(
+            client,
+            SocketAddr::from((conformance::B2, conformance::TARGET))
+        ),
+        rate(client, SocketAddr::from((VIP, 80)))
+    );
+    println!(
+        "outside host: mesh via the backend's node {:.0}/s, via the other node {:.0}/s",
+        rate(
+            host,
+            SocketAddr::from((fx.lab.nodes[1].addr, conformance::PUBLISHED))
+        ),
+        rate(
+            host,
+            SocketAddr::from((fx.lab.nodes[0].addr, conformance::PUBLISHED))
+        )
+    );
+    drop(dps);
+    drop(fx);
+}
