@@ -84,11 +84,18 @@ fn web_frontend() -> ServiceFrontend {
             port: PUBLISHED,
             target: TARGET,
         }],
-        published: vec![PortMapping {
-            proto: Proto::Tcp,
-            port: PUBLISHED,
-            target: TARGET,
-        }],
+        published: vec![
+            PortMapping {
+                proto: Proto::Tcp,
+                port: PUBLISHED,
+                target: TARGET,
+            },
+            PortMapping {
+                proto: Proto::Udp,
+                port: PUBLISHED,
+                target: 5353,
+            },
+        ],
     }
 }
 
@@ -241,9 +248,7 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
     for (i, (_, _, addr, _)) in PLAN.iter().enumerate().skip(1) {
         let ns = &lab.containers[i].ns;
         servers.push(WhoamiServer::tcp(ns, *addr, TARGET).expect("whoami server"));
-        if *addr != MESH_BACKEND {
-            udp.push(EchoServer::udp(ns, *addr, 5353).expect("udp server"));
-        }
+        udp.push(EchoServer::udp(ns, *addr, 5353).expect("udp server"));
     }
     let mut fx = Fixture {
         servers,
@@ -350,6 +355,23 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         let mut c = mesh_conn(&fx, node);
         assert_mesh(&fx, &mut c);
     }
+    // UDP through the mesh, via both nodes; replies come from the node's
+    // address and published port (connected socket).
+    for node in [0, 1] {
+        let sock = fx.lab.hosts[0]
+            .ns
+            .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+            .expect("udp socket");
+        sock.connect((fx.lab.nodes[node].addr, PUBLISHED))
+            .expect("connect");
+        sock.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        sock.send(b"udp via mesh").expect("send");
+        let mut buf = [0u8; 64];
+        let n = sock
+            .recv(&mut buf)
+            .unwrap_or_else(|e| panic!("udp via node {node}: {e}\n{}", dump(dps)));
+        assert_eq!(&buf[..n], b"udp via mesh");
+    }
     // Ports that are not published are left to the node.
     assert!(
         WhoamiConn::open(
@@ -389,7 +411,19 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
     let mut clash = web_frontend();
     clash.id = "other/ingress".into();
     clash.vip = Some(Ipv4Addr::new(10, 255, 0, 101));
-    assert!(dps[0].set_service(clash).is_err(), "a published port twice");
+    assert!(
+        dps[0].set_service(clash.clone()).is_err(),
+        "a published port twice"
+    );
+    clash.published = vec![PortMapping {
+        proto: Proto::Udp,
+        port: DEFAULT_VXLAN_PORT,
+        target: 53,
+    }];
+    assert!(
+        dps[0].set_service(clash).is_err(),
+        "publishing the overlay's own UDP port"
+    );
     fx
 }
 

@@ -174,6 +174,17 @@ pub(super) fn sweep_adopted(dp: &mut EbpfDataplane, a: &Adopted) -> Result<usize
 
 impl EbpfDataplane {
     pub(super) fn set_service_impl(&mut self, fe: ServiceFrontend) -> Result<(), DataplaneError> {
+        if let Some(dev) = &self.overlay
+            && fe
+                .published
+                .iter()
+                .any(|p| p.proto == crate::dataplane::Proto::Udp && p.port == dev.info.port)
+        {
+            return Err(DataplaneError::InvalidService(format!(
+                "service {}: UDP port {} carries this node's overlay traffic (--data-path-port) and cannot be published",
+                fe.id, dev.info.port
+            )));
+        }
         let keys = fe.keys();
         let known = self.lb.service(&fe.id).is_some();
         // After a restart, keep the slot the previous agent gave this
