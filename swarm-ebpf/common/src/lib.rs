@@ -308,6 +308,279 @@ impl OverlayCounter {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Service load balancing (VIPs) and the routing mesh (published ports); see
+// swarm-ebpf's `lb`.
+//
+// Ports are in network order (`[u8; 2]`, as on the wire), like addresses.
+
+/// Hash map of service frontends: [`FrontendKey`] → [`FrontendValue`].
+pub const LB_FRONTENDS_MAP: &str = "SWARM_LB_FRONTENDS";
+/// Array of Maglev lookup tables, [`LB_MAGLEV_SIZE`] entries per service
+/// slot: entry `slot * LB_MAGLEV_SIZE + i` is a backend address (`[u8; 4]`,
+/// all zero when the service has no backend taking new flows).
+pub const LB_MAGLEV_MAP: &str = "SWARM_LB_MAGLEV";
+/// Hash map of every VIP on this node: address (`[u8; 4]`) → VNI (`u32`);
+/// the overlay answers ARP for them.
+pub const LB_VIPS_MAP: &str = "SWARM_LB_VIPS";
+/// LRU hash map of connection tracking entries: [`CtKey`] → [`CtValue`].
+pub const LB_CT_MAP: &str = "SWARM_LB_CT";
+/// One-entry array: the routing mesh's settings ([`MeshConfig`]).
+pub const LB_CONFIG_MAP: &str = "SWARM_LB_CONFIG";
+/// Per-CPU array of [`PacketCounter`]s indexed by [`LbCounter`].
+pub const LB_COUNTERS_MAP: &str = "SWARM_LB_COUNTERS";
+/// Per-CPU array of [`PacketCounter`]s per service slot and direction:
+/// index `slot * 2 + direction` (0 towards backends, 1 replies).
+pub const LB_SERVICE_COUNTERS_MAP: &str = "SWARM_LB_SVC_COUNTERS";
+/// TC ingress program of the node's external interface (routing mesh).
+pub const LB_MESH_PROG: &str = "swarm_lb_mesh_ingress";
+
+/// Maglev table size per service: a prime well above the backends a service
+/// has (Maglev's spread stays within a few percent for M ≥ 100 × backends).
+pub const LB_MAGLEV_SIZE: u32 = 4099;
+/// Service slots (service × network frontends): [`LB_MAGLEV_MAP`] holds
+/// `LB_MAX_SERVICES * LB_MAGLEV_SIZE` addresses (8 MiB).
+pub const LB_MAX_SERVICES: u32 = 512;
+/// Capacity of [`LB_FRONTENDS_MAP`]: VIP ports and published ports.
+pub const LB_FRONTENDS_MAX: u32 = 8192;
+/// Capacity of [`LB_CT_MAP`]: two entries per balanced connection.
+pub const LB_CT_MAX: u32 = 131_072;
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Key of [`LB_FRONTENDS_MAP`]: a VIP's port, or (address all zero) a port
+/// published on the node's own address through the routing mesh.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FrontendKey {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// `flags` of [`FrontendValue`]: the frontend is a published (mesh) port.
+pub const FRONTEND_MESH: u16 = 1;
+
+/// A frontend's service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendValue {
+    /// Service slot: which Maglev table.
+    pub slot: u32,
+    /// The backends' port (network order).
+    pub target_port: [u8; 2],
+    pub flags: u16,
+    /// Network of the VIP and backends: only containers on it reach a VIP.
+    pub vni: u32,
+}
+
+/// A connection as seen in one direction (addresses and ports as on the
+/// wire).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The same connection seen from the other end.
+    pub const fn reversed(&self) -> CtKey {
+        CtKey {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// What a [`CtValue`] tells the programs to do.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CtKind {
+    /// Container → VIP: destination becomes the backend (`nat`).
+    VipForward = 1,
+    /// Backend → container: source becomes the VIP (`nat`) on delivery.
+    VipReply = 2,
+    /// Mesh client → node address: destination becomes the backend.
+    MeshForward = 3,
+    /// Backend → mesh client, on the ingress node: source becomes the node
+    /// address and published port (`nat`), out the external interface.
+    MeshReply = 4,
+    /// Backend → mesh client, on the backend's node when the client came in
+    /// through another node: tunnel it back to that node (`node`, `vni`).
+    MeshTunnelBack = 5,
+}
+
+impl CtKind {
+    pub const fn from_u8(v: u8) -> Option<CtKind> {
+        match v {
+            1 => Some(CtKind::VipForward),
+            2 => Some(CtKind::VipReply),
+            3 => Some(CtKind::MeshForward),
+            4 => Some(CtKind::MeshReply),
+            5 => Some(CtKind::MeshTunnelBack),
+            _ => None,
+        }
+    }
+
+    /// Whether the entry's key is the connection's original direction.
+    pub const fn is_forward(self) -> bool {
+        matches!(self, CtKind::VipForward | CtKind::MeshForward)
+    }
+}
+
+/// [`CtValue::flags`]: TCP FIN seen from the connection's initiator.
+pub const CT_FIN_ORIG: u8 = 1;
+/// TCP FIN seen from the responder.
+pub const CT_FIN_REPLY: u8 = 2;
+/// TCP RST seen either way.
+pub const CT_RST: u8 = 4;
+/// A packet of the reply direction has been seen.
+pub const CT_REPLIED: u8 = 8;
+/// The programs refresh `last_seen` at most this often (ns): fewer writes
+/// to shared entries, and far below every timeout.
+pub const CT_REFRESH_NS: u64 = 1_000_000_000;
+
+/// A tracked connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtValue {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of the last packet; 0 for a
+    /// reply entry no packet has hit yet.
+    pub last_seen_ns: u64,
+    /// A [`CtKind`].
+    pub kind: u8,
+    /// `CT_*` bits.
+    pub flags: u8,
+    /// Translated port (network order): see [`CtKind`].
+    pub nat_port: [u8; 2],
+    /// Translated address: see [`CtKind`].
+    pub nat_addr: [u8; 4],
+    /// [`CtKind::MeshTunnelBack`]: the ingress node's underlay address.
+    pub node: [u8; 4],
+    /// [`CtKind::MeshTunnelBack`]: the network to tunnel on.
+    pub vni: u32,
+    /// Service slot (counters).
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// The routing mesh's settings, entry 0 of [`LB_CONFIG_MAP`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The node's address on its external interface; all zero until the
+    /// mesh is started.
+    pub node_addr: [u8; 4],
+    pub ext_ifindex: u32,
+}
+
+/// Index of [`LB_COUNTERS_MAP`]: what the load balancer did with a packet.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LbCounter {
+    /// A new connection got a backend (from a container to a VIP).
+    VipNewFlow = 0,
+    /// A packet to a VIP translated to its connection's backend.
+    VipForward = 1,
+    /// A reply's source translated back to the VIP.
+    VipReply = 2,
+    /// A new connection through the routing mesh got a backend.
+    MeshNewFlow = 3,
+    /// A mesh packet translated and sent to its backend.
+    MeshForward = 4,
+    /// A mesh reply translated back and sent out the external interface.
+    MeshReply = 5,
+    /// A mesh reply tunnelled back to the node the client came in through.
+    MeshTunnelBack = 6,
+    /// A tracked entry was missing mid-connection (expired or evicted: map
+    /// pressure); the packet was balanced as a new flow.
+    CtMissMidFlow = 7,
+    /// Dropped: the service has no backend taking new connections.
+    DropNoBackend = 8,
+    /// Dropped: a VIP of another network.
+    DropIsolation = 9,
+    /// Dropped: the connection tracking table refused the entry.
+    DropCtFull = 10,
+    /// Dropped: a checksum or header rewrite failed.
+    DropRewrite = 11,
+    /// Dropped: no route or neighbour for a mesh reply.
+    DropNoRoute = 12,
+    /// Dropped: the chosen backend is not an overlay endpoint here.
+    DropUnknownBackend = 13,
+}
+
+impl LbCounter {
+    pub const COUNT: u32 = 14;
+
+    pub const ALL: [LbCounter; Self::COUNT as usize] = [
+        LbCounter::VipNewFlow,
+        LbCounter::VipForward,
+        LbCounter::VipReply,
+        LbCounter::MeshNewFlow,
+        LbCounter::MeshForward,
+        LbCounter::MeshReply,
+        LbCounter::MeshTunnelBack,
+        LbCounter::CtMissMidFlow,
+        LbCounter::DropNoBackend,
+        LbCounter::DropIsolation,
+        LbCounter::DropCtFull,
+        LbCounter::DropRewrite,
+        LbCounter::DropNoRoute,
+        LbCounter::DropUnknownBackend,
+    ];
+
+    pub const fn is_drop(self) -> bool {
+        (self as u32) >= (LbCounter::DropNoBackend as u32)
+    }
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LbCounter::VipNewFlow => "vip_new_flow",
+            LbCounter::VipForward => "vip_forward",
+            LbCounter::VipReply => "vip_reply",
+            LbCounter::MeshNewFlow => "mesh_new_flow",
+            LbCounter::MeshForward => "mesh_forward",
+            LbCounter::MeshReply => "mesh_reply",
+            LbCounter::MeshTunnelBack => "mesh_tunnel_back",
+            LbCounter::CtMissMidFlow => "ct_miss_mid_flow",
+            LbCounter::DropNoBackend => "no_backend",
+            LbCounter::DropIsolation => "isolation",
+            LbCounter::DropCtFull => "ct_full",
+            LbCounter::DropRewrite => "rewrite_failed",
+            LbCounter::DropNoRoute => "no_route",
+            LbCounter::DropUnknownBackend => "unknown_backend",
+        }
+    }
+}
+
+/// Every map of the object, for pinning.
+pub const ALL_MAPS: [&str; 13] = [
+    COUNTERS_MAP,
+    OVERLAY_ENDPOINTS_MAP,
+    OVERLAY_IFACES_MAP,
+    OVERLAY_SUBNETS_MAP,
+    OVERLAY_CONFIG_MAP,
+    OVERLAY_COUNTERS_MAP,
+    LB_FRONTENDS_MAP,
+    LB_VIPS_MAP,
+    LB_MAGLEV_MAP,
+    LB_CT_MAP,
+    LB_CONFIG_MAP,
+    LB_COUNTERS_MAP,
+    LB_SERVICE_COUNTERS_MAP,
+];
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain `#[repr(C)]` data with explicit padding and no pointers;
@@ -324,6 +597,16 @@ mod user {
     unsafe impl aya::Pod for super::SubnetValue {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::OverlayConfig {}
+    // SAFETY: as above (see `lb_layouts_are_fixed`).
+    unsafe impl aya::Pod for super::FrontendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::FrontendValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CtValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::MeshConfig {}
 }
 
 #[cfg(test)]
@@ -345,6 +628,21 @@ mod tests {
         assert_eq!(core::mem::size_of::<IfaceValue>(), 20);
         assert_eq!(core::mem::size_of::<SubnetValue>(), 8);
         assert_eq!(core::mem::size_of::<OverlayConfig>(), 8);
+    }
+
+    #[test]
+    fn lb_layouts_are_fixed() {
+        assert_eq!(core::mem::size_of::<FrontendKey>(), 8);
+        assert_eq!(core::mem::size_of::<FrontendValue>(), 12);
+        assert_eq!(core::mem::size_of::<CtKey>(), 16);
+        assert_eq!(core::mem::size_of::<CtValue>(), 32);
+        assert_eq!(core::mem::size_of::<MeshConfig>(), 8);
+        for (i, c) in LbCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+        for k in 1..=5 {
+            assert_eq!(CtKind::from_u8(k).map(|k| k as u8), Some(k));
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 #![no_std]
 #![no_main]
 
+mod lb;
 mod overlay;
 
 use aya_ebpf::{

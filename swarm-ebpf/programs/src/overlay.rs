@@ -21,6 +21,7 @@
 //! helper works from TC ingress, which both programs here are). ARP answers
 //! go back with plain `bpf_redirect` to the veth's egress: rare, and the
 //! simplest path.
+use crate::lb;
 use aya_ebpf::{
     bindings::{
         BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_SHOT, bpf_tunnel_key, bpf_tunnel_key__bindgen_ty_1,
@@ -96,16 +97,29 @@ fn skb_meta(ctx: &TcContext) -> (u32, u32) {
     unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len) }
 }
 
+/// The overlay endpoint with address `addr`, if any.
+#[inline(always)]
+pub fn endpoint(addr: [u8; 4]) -> Option<EndpointValue> {
+    ENDPOINTS.get_ptr(addr).map(|ep| {
+        // SAFETY: value pointer from a lookup, valid for this run.
+        unsafe { *ep }
+    })
+}
+
 /// The overlay subnet `addr` belongs to, if any.
 #[inline(always)]
-fn subnet_of(addr: [u8; 4]) -> Option<SubnetValue> {
+pub fn subnet_of(addr: [u8; 4]) -> Option<SubnetValue> {
     SUBNETS.get(Key::new(32, addr)).copied()
 }
 
 /// Rewrites the MACs for delivery to local endpoint `ep` and hands the
 /// frame to its container.
 #[inline(always)]
-fn deliver_local(ctx: &TcContext, ep: &EndpointValue, what: OverlayCounter, len: u32) -> i32 {
+pub fn deliver_local(ctx: &TcContext, ep: &EndpointValue, what: OverlayCounter, len: u32) -> i32 {
+    // Replies of VIP connections get their VIP back as the source.
+    if let Err(verdict) = lb::vip_reply(ctx, len) {
+        return verdict;
+    }
     let mut macs = [0u8; 12];
     macs[..6].copy_from_slice(&ep.mac);
     macs[6..].copy_from_slice(&ep.host_mac);
@@ -170,7 +184,8 @@ fn answer_arp(ctx: &TcContext, ifindex: u32, iface: &IfaceValue, len: u32) -> i3
             || ENDPOINTS
                 .get_ptr(tpa)
                 // SAFETY: value pointer from a lookup, valid for this run.
-                .is_some_and(|ep| unsafe { (*ep).vni } == iface.vni));
+                .is_some_and(|ep| unsafe { (*ep).vni } == iface.vni)
+            || lb::is_vip(tpa, iface.vni));
     if !answerable {
         return drop_frame(OverlayCounter::DropArp, len);
     }
@@ -198,9 +213,24 @@ fn route_ipv4(ctx: &TcContext, iface: &IfaceValue, len: u32) -> i32 {
     if (len as usize) < IP_MIN_END {
         return drop_frame(OverlayCounter::DropMalformed, len);
     }
-    let Ok(dst) = ctx.load::<[u8; 4]>(IP_DST) else {
+    let Ok(mut dst) = ctx.load::<[u8; 4]>(IP_DST) else {
         return drop_frame(OverlayCounter::DropMalformed, len);
     };
+    if let Some(l4) = lb::parse_l4(ctx) {
+        match lb::vip_forward(ctx, iface.vni, &l4, len) {
+            Err(verdict) => return verdict,
+            Ok(Some(backend)) => dst = backend,
+            Ok(None) => {
+                // A backend answering a client that came in through the
+                // routing mesh.
+                if subnet_of(dst).is_none()
+                    && let Some(verdict) = lb::mesh_reply(ctx, &l4, false, len)
+                {
+                    return verdict;
+                }
+            }
+        }
+    }
     if let Some(ep) = ENDPOINTS.get_ptr(dst) {
         // SAFETY: value pointer from a lookup, valid for this run.
         let ep = unsafe { *ep };
@@ -210,7 +240,7 @@ fn route_ipv4(ctx: &TcContext, iface: &IfaceValue, len: u32) -> i32 {
         if ep.is_local() {
             return deliver_local(ctx, &ep, OverlayCounter::LocalForward, len);
         }
-        return encapsulate(ctx, &ep, len);
+        return tunnel_to(ctx, ep.vni, ep.node_ip, len);
     }
     match subnet_of(dst) {
         // Outside every overlay: the host stack (and its NAT) decides.
@@ -228,17 +258,19 @@ fn route_ipv4(ctx: &TcContext, iface: &IfaceValue, len: u32) -> i32 {
     }
 }
 
+/// Sends the frame to the node with underlay address `node` on network
+/// `vni`.
 #[inline(always)]
-fn encapsulate(ctx: &TcContext, ep: &EndpointValue, len: u32) -> i32 {
+pub fn tunnel_to(ctx: &TcContext, vni: u32, node: [u8; 4], len: u32) -> i32 {
     let vxlan = CONFIG.get(0).map_or(0, |c| c.vxlan_ifindex);
     if vxlan == 0 {
         return drop_frame(OverlayCounter::DropNoTunnelDevice, len);
     }
     let mut key = bpf_tunnel_key {
-        tunnel_id: ep.vni,
+        tunnel_id: vni,
         __bindgen_anon_1: bpf_tunnel_key__bindgen_ty_1 {
             // The helper takes host byte order.
-            remote_ipv4: u32::from_be_bytes(ep.node_ip),
+            remote_ipv4: u32::from_be_bytes(node),
         },
         tunnel_tos: 0,
         tunnel_ttl: TUNNEL_TTL,
@@ -302,7 +334,16 @@ pub fn swarm_ovl_vxlan_ingress(ctx: TcContext) -> i32 {
     let Ok(dst) = ctx.load::<[u8; 4]>(IP_DST) else {
         return drop_frame(OverlayCounter::DropMalformed, len);
     };
+    let l4 = lb::parse_l4(&ctx);
     let Some(ep) = ENDPOINTS.get_ptr(dst) else {
+        // A mesh reply on its way back to the client, through the node
+        // the client came in by.
+        if let Some(l4) = &l4
+            && subnet_of(dst).is_none()
+            && let Some(verdict) = lb::mesh_reply(&ctx, l4, true, len)
+        {
+            return verdict;
+        }
         return drop_frame(OverlayCounter::DropUnknownEndpoint, len);
     };
     // SAFETY: value pointer from a lookup, valid for this run.
@@ -312,6 +353,13 @@ pub fn swarm_ovl_vxlan_ingress(ctx: TcContext) -> i32 {
     }
     if ep.vni != key.tunnel_id {
         return drop_frame(OverlayCounter::DropIsolation, len);
+    }
+    if let Some(l4) = &l4
+        && subnet_of(l4.key.src).is_none()
+    {
+        // SAFETY: reading the union member the helper filled for IPv4.
+        let node = unsafe { key.__bindgen_anon_1.remote_ipv4 }.to_be_bytes();
+        lb::mesh_remember_ingress(l4, node, key.tunnel_id);
     }
     deliver_local(&ctx, &ep, OverlayCounter::Decapsulated, len)
 }

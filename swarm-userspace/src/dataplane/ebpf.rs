@@ -4,29 +4,49 @@
 //! Loads the object built from `swarm-ebpf` (embedded at compile time),
 //! attaches its programs to the interfaces it is given, and reads the
 //! per-CPU counter maps. Loading attaches nothing: a node may use the
-//! overlay without any `--dataplane-interface`. Programs stay attached exactly as long as this value
-//! lives: dropping it detaches them (pinning for restart survival comes with
-//! the load balancer).
+//! overlay without any `--dataplane-interface`.
+//!
+//! Lifetime: loaded with [`EbpfDataplane::load`], programs stay attached
+//! exactly as long as this value lives. Loaded with
+//! [`EbpfDataplane::load_pinned`], the maps and the TC links of the overlay
+//! and the load balancer are pinned in a bpffs and outlive the process:
+//! traffic keeps flowing while the agent is down, and the next agent adopts
+//! the maps and replaces the programs in the links atomically, then
+//! reconciles ([`Dataplane::adoption_done`]). (The XDP/TC counters of
+//! `--dataplane-interface` are not pinned: they only count.)
+mod lb;
 mod overlay;
 
-use std::{collections::BTreeMap, ffi::CString, net::Ipv4Addr};
+#[cfg(test)]
+pub(crate) use lb::monotonic_now_ns;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CString,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::PerCpuHashMap,
     programs::{
-        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode, tc::SchedClassifierLinkId,
+        SchedClassifier, TcAttachType, Xdp, XdpMode as AyaXdpMode,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, SchedClassifierLinkId},
         xdp::XdpLinkId,
     },
 };
 use swarm_ebpf_common::{
-    COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, OVERLAY_VETH_PROG,
+    ALL_MAPS, COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, OVERLAY_VETH_PROG,
     OVERLAY_VXLAN_PROG, PacketCounter, TC_EGRESS_PROG, TrafficClass, XDP_INGRESS_PROG,
 };
 
 use super::{
-    AttachedInterface, AttachedProgram, Counter, Dataplane, DataplaneError, DataplaneStatus,
-    LocalEndpoint, MapUsage, OverlayInfo, XdpMode,
+    AdoptionReport, AttachedInterface, AttachedProgram, Backend, Counter, CtGcReport, Dataplane,
+    DataplaneError, DataplaneStatus, LocalEndpoint, MapUsage, OverlayInfo, ServiceFrontend,
+    XdpMode,
+    lb::LbBook,
     overlay::{DEFAULT_VXLAN_DEVICE, OverlayBook},
 };
 
@@ -40,8 +60,51 @@ struct Attachment {
     tc: SchedClassifierLinkId,
 }
 
+/// A TCX link this data plane holds. Dropping it detaches the program
+/// unless the link is pinned; [`HeldLink::release`] always detaches.
+pub(super) struct HeldLink {
+    link: FdLink,
+    pin: Option<PathBuf>,
+}
+
+impl HeldLink {
+    fn release(self) {
+        if let Some(p) = &self.pin
+            && let Err(e) = std::fs::remove_file(p)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "unpinning a link failed");
+        }
+        drop(self.link);
+    }
+}
+
+/// Where pinned state lives: `<root>/maps/<MAP>`, `<root>/links/<name>`.
+#[derive(Clone, Debug)]
+struct PinDirs {
+    maps: PathBuf,
+    links: PathBuf,
+}
+
+/// What a previous agent left in the pinned maps, until
+/// [`Dataplane::adoption_done`] removes what was not claimed again.
+#[derive(Debug, Default)]
+struct Adopted {
+    endpoints: Vec<[u8; 4]>,
+    ifaces: Vec<u32>,
+    subnets: Vec<(u32, [u8; 4])>,
+    frontends: Vec<swarm_ebpf_common::FrontendKey>,
+    vips: Vec<[u8; 4]>,
+}
+
 pub struct EbpfDataplane {
     ebpf: Ebpf,
+    pins: Option<PinDirs>,
+    adopted: Option<Adopted>,
+    lb: LbBook,
+    mesh: Option<lb::Mesh>,
+    ct_last: CtGcReport,
+    ct_expired_total: u64,
     xdp_mode: XdpMode,
     attached: BTreeMap<String, Attachment>,
     /// Name the overlay's VXLAN device gets.
@@ -49,7 +112,7 @@ pub struct EbpfDataplane {
     overlay: Option<overlay::OverlayDevice>,
     book: OverlayBook,
     /// Host veths with the overlay program attached, by ifindex.
-    veth_links: BTreeMap<u32, SchedClassifierLinkId>,
+    veth_links: BTreeMap<u32, HeldLink>,
 }
 
 impl std::fmt::Debug for EbpfDataplane {
@@ -74,26 +137,193 @@ fn ifindex_of(name: &str) -> Result<u32, DataplaneError> {
 }
 
 impl EbpfDataplane {
-    /// Loads and verifies the programs; attaches nothing yet.
+    /// Loads and verifies the programs; attaches nothing yet. Nothing
+    /// outlives the returned value.
     pub fn load(xdp_mode: XdpMode) -> Result<Self, DataplaneError> {
-        let mut ebpf = Ebpf::load(OBJECT).map_err(|e| DataplaneError::Load(e.to_string()))?;
+        Self::load_inner(xdp_mode, None)
+    }
+
+    /// Like [`Self::load`], with maps and links pinned under `bpffs_dir`
+    /// (mounted as a bpffs there if it is not one: `ip netns exec` hides
+    /// `/sys/fs/bpf`). Maps a previous agent pinned there are adopted with
+    /// their contents, and its links get the new programs as they are set
+    /// again; call [`Dataplane::adoption_done`] once everything is.
+    pub fn load_pinned(xdp_mode: XdpMode, bpffs_dir: &Path) -> Result<Self, DataplaneError> {
+        ensure_bpffs(bpffs_dir)?;
+        let pins = PinDirs {
+            maps: bpffs_dir.join("maps"),
+            links: bpffs_dir.join("links"),
+        };
+        for d in [&pins.maps, &pins.links] {
+            std::fs::create_dir_all(d).map_err(|e| pin_err(d, &e))?;
+        }
+        Self::load_inner(xdp_mode, Some(pins))
+    }
+
+    /// Whether this data plane adopted a previous agent's pinned state and
+    /// [`Dataplane::adoption_done`] has not run yet.
+    pub fn is_adopting(&self) -> bool {
+        self.adopted.is_some()
+    }
+
+    fn load_inner(xdp_mode: XdpMode, pins: Option<PinDirs>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        let mut adopting = false;
+        let paths: Vec<(&str, PathBuf)> = pins
+            .as_ref()
+            .map(|p| ALL_MAPS.iter().map(|m| (*m, p.maps.join(m))).collect())
+            .unwrap_or_default();
+        for (name, path) in &paths {
+            adopting |= path.exists();
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
         let xdp: &mut Xdp = program(&mut ebpf, XDP_INGRESS_PROG)?;
         xdp.load()
             .map_err(|e| DataplaneError::Load(format!("{XDP_INGRESS_PROG}: {e}")))?;
-        for name in [TC_EGRESS_PROG, OVERLAY_VETH_PROG, OVERLAY_VXLAN_PROG] {
+        for name in [
+            TC_EGRESS_PROG,
+            OVERLAY_VETH_PROG,
+            OVERLAY_VXLAN_PROG,
+            swarm_ebpf_common::LB_MESH_PROG,
+        ] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?;
             tc.load()
                 .map_err(|e| DataplaneError::Load(format!("{name}: {}", error_chain(&e))))?;
         }
-        Ok(EbpfDataplane {
+        let mut dp = EbpfDataplane {
             ebpf,
+            pins,
+            adopted: None,
+            lb: LbBook::default(),
+            mesh: None,
+            ct_last: CtGcReport::default(),
+            ct_expired_total: 0,
             xdp_mode,
             attached: BTreeMap::new(),
             vxlan_name: DEFAULT_VXLAN_DEVICE.into(),
             overlay: None,
             book: OverlayBook::default(),
             veth_links: BTreeMap::new(),
-        })
+        };
+        if adopting {
+            dp.adopt()?;
+        }
+        Ok(dp)
+    }
+
+    /// Attaches TC program `prog_name` to `interface`'s ingress. With
+    /// pinning, the link is pinned as `pin_name`, and a link already pinned
+    /// there (a previous agent's) gets the program swapped in atomically
+    /// instead: its traffic never sees the hook empty.
+    fn attach_tc(
+        &mut self,
+        prog_name: &'static str,
+        interface: &str,
+        pin_name: &str,
+    ) -> Result<HeldLink, DataplaneError> {
+        let pin = self.pins.as_ref().map(|p| p.links.join(pin_name));
+        let prog: &mut SchedClassifier = program(&mut self.ebpf, prog_name)?;
+        let attach_err = |reason: String| DataplaneError::Attach {
+            program: prog_name,
+            interface: interface.into(),
+            reason,
+        };
+        if let Some(path) = &pin
+            && path.exists()
+        {
+            let adopted = PinnedLink::from_pin(path)
+                .map_err(|e| error_chain(&e))
+                .and_then(|old| {
+                    SchedClassifierLink::try_from(FdLink::from(old)).map_err(|e| error_chain(&e))
+                })
+                .and_then(|l| prog.attach_to_link(l).map_err(|e| error_chain(&e)));
+            match adopted {
+                Ok(id) => {
+                    let link = prog
+                        .take_link(id)
+                        .map_err(|e| attach_err(error_chain(&e)))?;
+                    let link = FdLink::try_from(link).map_err(|e| attach_err(error_chain(&e)))?;
+                    tracing::debug!(interface, pin_name, "adopted a pinned link");
+                    return Ok(HeldLink { link, pin });
+                }
+                Err(reason) => {
+                    // Its interface is gone, or the pin is not a TC link:
+                    // start afresh.
+                    tracing::debug!(interface, pin_name, %reason, "not adopting a pinned link");
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
+        let id = prog
+            .attach(interface, TcAttachType::Ingress)
+            .map_err(|e| attach_err(error_chain(&e)))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| attach_err(error_chain(&e)))?;
+        let link = FdLink::try_from(link).map_err(|e| {
+            attach_err(format!(
+                "not a TCX link ({}); the kernel needs TCX (6.6 or newer)",
+                error_chain(&e)
+            ))
+        })?;
+        match pin {
+            Some(path) => {
+                let pinned = link.pin(&path).map_err(|e| pin_err(&path, &e))?;
+                Ok(HeldLink {
+                    link: pinned.into(),
+                    pin: Some(path),
+                })
+            }
+            None => Ok(HeldLink { link, pin: None }),
+        }
+    }
+
+    /// Reads what a previous agent left, so [`Dataplane::adoption_done`]
+    /// can remove what is not set again.
+    fn adopt(&mut self) -> Result<(), DataplaneError> {
+        let mut a = overlay::adopted_overlay(&mut self.ebpf)?;
+        let f = lb::adopted_frontends(&mut self.ebpf)?;
+        a.frontends = f.keys;
+        a.vips = f.vips;
+        self.lb.reserve_slots(f.slots);
+        tracing::info!(
+            endpoints = a.endpoints.len(),
+            frontends = a.frontends.len(),
+            "adopting the data plane state a previous agent pinned"
+        );
+        self.adopted = Some(a);
+        Ok(())
+    }
+
+    fn adoption_done_impl(&mut self) -> Result<AdoptionReport, DataplaneError> {
+        let Some(a) = self.adopted.take() else {
+            return Ok(AdoptionReport::default());
+        };
+        let mut report = overlay::sweep_adopted(self, &a)?;
+        report.frontends = lb::sweep_adopted(self, &a)?;
+        self.lb.clear_reserved();
+        if let Some(p) = &self.pins {
+            let mut held: BTreeSet<PathBuf> = self
+                .veth_links
+                .values()
+                .filter_map(|l| l.pin.clone())
+                .collect();
+            held.extend(self.overlay.as_ref().and_then(|o| o.link.pin.clone()));
+            held.extend(self.mesh.as_ref().and_then(|m| m.link.pin.clone()));
+            if let Ok(dir) = std::fs::read_dir(&p.links) {
+                for entry in dir.flatten() {
+                    let path = entry.path();
+                    if !held.contains(&path) && std::fs::remove_file(&path).is_ok() {
+                        report.links += 1;
+                    }
+                }
+            }
+        }
+        tracing::info!(?report, "adoption done: unclaimed state removed");
+        Ok(report)
     }
 
     /// Names the overlay's VXLAN device (default `swarm-vx`); takes effect
@@ -146,6 +376,30 @@ where
         .ok_or_else(|| DataplaneError::Load(format!("program {name} missing from the object")))?;
     p.try_into()
         .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(format!("{name}: {e}")))
+}
+
+fn pin_err(path: &Path, e: &dyn std::error::Error) -> DataplaneError {
+    DataplaneError::Pin {
+        path: path.display().to_string(),
+        reason: error_chain(e),
+    }
+}
+
+/// `BPF_FS_MAGIC` from linux/magic.h.
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
+
+/// Makes `dir` a bpffs: mounts one there unless it already is.
+fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
+    std::fs::create_dir_all(dir).map_err(|e| pin_err(dir, &e))?;
+    let st = rustix::fs::statfs(dir).map_err(|e| pin_err(dir, &e))?;
+    #[allow(clippy::useless_conversion, clippy::unnecessary_cast)]
+    if st.f_type as u64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    rustix::mount::mount("bpf", dir, "bpf", rustix::mount::MountFlags::empty(), None)
+        .map_err(|e| pin_err(dir, &e))?;
+    tracing::info!(dir = %dir.display(), "mounted a bpffs for pinned data plane state");
+    Ok(())
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -286,12 +540,14 @@ impl Dataplane for EbpfDataplane {
             capacity: COUNTERS_MAX_ENTRIES,
         }];
         maps.extend(overlay_maps);
+        maps.extend(self.lb_maps());
         Ok(DataplaneStatus {
             backend: self.backend().into(),
             interfaces,
             counters,
             maps,
             overlay,
+            lb: self.lb_status()?,
         })
     }
 
@@ -327,5 +583,29 @@ impl Dataplane for EbpfDataplane {
 
     fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError> {
         self.remove_endpoint_impl(addr)
+    }
+
+    fn set_service(&mut self, frontend: ServiceFrontend) -> Result<(), DataplaneError> {
+        self.set_service_impl(frontend)
+    }
+
+    fn set_backends(&mut self, id: &str, backends: &[Backend]) -> Result<(), DataplaneError> {
+        self.set_backends_impl(id, backends)
+    }
+
+    fn remove_service(&mut self, id: &str) -> Result<(), DataplaneError> {
+        self.remove_service_impl(id)
+    }
+
+    fn mesh_start(&mut self, interface: &str, node_addr: Ipv4Addr) -> Result<(), DataplaneError> {
+        self.mesh_start_impl(interface, node_addr)
+    }
+
+    fn ct_gc(&mut self) -> Result<CtGcReport, DataplaneError> {
+        self.ct_gc_at(lb::monotonic_now_ns())
+    }
+
+    fn adoption_done(&mut self) -> Result<AdoptionReport, DataplaneError> {
+        self.adoption_done_impl()
     }
 }

@@ -7,7 +7,12 @@
 //! aya). An IPVS fallback will implement the same trait. This module must
 //! never decide policy (which services exist, where tasks run): callers tell
 //! it what to program.
+#[cfg(test)]
+pub mod conformance;
 pub mod ebpf;
+pub mod lb;
+#[cfg(test)]
+mod lb_tests;
 pub mod netlink;
 pub mod overlay;
 #[cfg(test)]
@@ -16,6 +21,7 @@ mod overlay_tests;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
+pub use lb::{Backend, LbStatus, PortMapping, Proto, ServiceFrontend};
 pub use overlay::{LocalEndpoint, OverlayInfo, OverlayStatus, container_mac};
 
 use serde::Serialize;
@@ -62,6 +68,12 @@ pub enum DataplaneError {
     NoSuchIfindex(u32),
     #[error("overlay request refused: {0}")]
     InvalidOverlay(String),
+    #[error("service request refused: {0}")]
+    InvalidService(String),
+    #[error(
+        "pinning at {path} failed: {reason}; the data root must be on a filesystem where a bpffs can be mounted (the daemon needs root)"
+    )]
+    Pin { path: String, reason: String },
 }
 
 /// One program on one interface.
@@ -105,6 +117,27 @@ pub struct DataplaneStatus {
     pub maps: Vec<MapUsage>,
     /// The overlay networks' device and counters.
     pub overlay: OverlayStatus,
+    /// Service load balancing and the routing mesh.
+    pub lb: LbStatus,
+}
+
+/// What a connection tracking sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CtGcReport {
+    /// Entries before the sweep (two per balanced connection).
+    pub entries: u64,
+    pub expired: u64,
+    pub capacity: u32,
+}
+
+/// What [`Dataplane::adoption_done`] removed: state a previous agent left
+/// that this one did not claim again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AdoptionReport {
+    pub endpoints: usize,
+    pub networks: usize,
+    pub frontends: usize,
+    pub links: usize,
 }
 
 /// A node's packet path. Calls are quick (map updates and reads); callers
@@ -150,4 +183,28 @@ pub trait Dataplane: Send + Sync {
     /// Removes an endpoint; detaches from its veth if it was local.
     /// Unknown addresses are a no-op.
     fn remove_endpoint(&mut self, addr: Ipv4Addr) -> Result<(), DataplaneError>;
+
+    /// Adds or updates a service frontend (one service on one network: its
+    /// VIP ports and, on the ingress network, its published ports). Its
+    /// backends are kept across updates.
+    fn set_service(&mut self, frontend: ServiceFrontend) -> Result<(), DataplaneError>;
+    /// Replaces a frontend's backends (addresses on its network; each must
+    /// also be an overlay endpoint). New connections spread over the ones
+    /// not draining by consistent hashing; established connections keep
+    /// their backend while it exists.
+    fn set_backends(&mut self, id: &str, backends: &[Backend]) -> Result<(), DataplaneError>;
+    /// Removes a frontend; unknown ids are a no-op. Its established
+    /// connections stop with it.
+    fn remove_service(&mut self, id: &str) -> Result<(), DataplaneError>;
+    /// Starts the routing mesh: published ports answer on `node_addr`
+    /// arriving at `interface` (the node's external interface). Idempotent;
+    /// another interface or address moves it.
+    fn mesh_start(&mut self, interface: &str, node_addr: Ipv4Addr) -> Result<(), DataplaneError>;
+    /// Removes expired connection tracking entries (see
+    /// [`lb::ct_timeout`]); call every few seconds.
+    fn ct_gc(&mut self) -> Result<CtGcReport, DataplaneError>;
+    /// After a restart that adopted a previous agent's state, once every
+    /// network, endpoint and service has been set again: removes what was
+    /// not. A no-op when nothing was adopted.
+    fn adoption_done(&mut self) -> Result<AdoptionReport, DataplaneError>;
 }

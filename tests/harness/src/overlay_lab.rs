@@ -57,12 +57,15 @@ pub struct LabContainer {
     pub host_ifindex: u32,
 }
 
-/// Router + nodes + containers.
+/// Router + nodes + containers (+ hosts outside the swarm).
 #[derive(Debug)]
 pub struct OverlayLab {
     // Containers first: dropped before the nodes they hang off.
     pub containers: Vec<LabContainer>,
     pub nodes: Vec<LabNode>,
+    /// Machines outside the swarm (routing mesh clients), each on its own
+    /// routed subnet `100.64.<i>.0/24`.
+    pub hosts: Vec<LabNode>,
     pub router: Netns,
     /// Whether veths keep their checksum/segmentation offloads (`false`:
     /// `ethtool -K tx off`, which exposes checksum bugs offload would hide).
@@ -104,6 +107,7 @@ impl OverlayLab {
         let mut lab = OverlayLab {
             containers: Vec::new(),
             nodes: Vec::new(),
+            hosts: Vec::new(),
             router,
             offload,
         };
@@ -141,6 +145,51 @@ impl OverlayLab {
             lab.nodes.push(LabNode { ns, addr });
         }
         Ok(lab)
+    }
+
+    /// Adds a host outside the swarm behind the router (address
+    /// `100.64.<i>.2`, router `100.64.<i>.1`). Returns its index in
+    /// [`Self::hosts`].
+    pub fn add_outside_host(&mut self) -> anyhow::Result<usize> {
+        let i = self.hosts.len();
+        let Ok(third) = u8::try_from(i) else {
+            bail!("too many outside hosts");
+        };
+        let (addr, gw) = (
+            Ipv4Addr::new(100, 64, third, 2),
+            Ipv4Addr::new(100, 64, third, 1),
+        );
+        let ns = Netns::create_unique(&format!("ovh{i}"))?;
+        let rdev = format!("rh{i}");
+        ip(
+            &self.router,
+            &[
+                "link",
+                "add",
+                &rdev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+        )?;
+        ip(
+            &self.router,
+            &["addr", "add", &format!("{gw}/24"), "dev", &rdev],
+        )?;
+        ip(&self.router, &["link", "set", &rdev, "up"])?;
+        ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(&ns, &["link", "set", "eth0", "up"])?;
+        ip(&ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        if !self.offload {
+            ethtool_tx_off(&self.router, &rdev)?;
+            ethtool_tx_off(&ns, "eth0")?;
+        }
+        self.hosts.push(LabNode { ns, addr });
+        Ok(i)
     }
 
     /// Attaches a container with `addr`/`prefix` to node `node`, the way
@@ -402,5 +451,124 @@ impl TcpSink {
             stop,
             thread: Some(thread),
         })
+    }
+}
+
+/// A TCP server that tells who it is and who it sees: every connection
+/// first gets the line `"<server address> <peer address:port>\n"`, then
+/// an echo of what it sends. One thread per connection; stops on drop.
+#[derive(Debug)]
+pub struct WhoamiServer {
+    pub addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for WhoamiServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl WhoamiServer {
+    pub fn tcp(ns: &Netns, addr: Ipv4Addr, port: u16) -> anyhow::Result<WhoamiServer> {
+        let listener = ns.run(|| TcpListener::bind((addr, port)))?;
+        listener.set_nonblocking(true)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut conns = Vec::new();
+            while !s.load(Ordering::SeqCst) {
+                let Ok((mut conn, peer)) = listener.accept() else {
+                    std::thread::sleep(POLL);
+                    continue;
+                };
+                let s = s.clone();
+                conns.push(std::thread::spawn(move || {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(POLL));
+                    if conn
+                        .write_all(format!("{addr} {peer}\n").as_bytes())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let mut buf = [0u8; 65536];
+                    while !s.load(Ordering::SeqCst) {
+                        match conn.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                if conn.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                            Err(e)
+                                if matches!(
+                                    e.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => break,
+                        }
+                    }
+                }));
+            }
+            for c in conns {
+                let _ = c.join();
+            }
+        });
+        Ok(WhoamiServer {
+            addr: SocketAddr::from((addr, port)),
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// An open connection to a [`WhoamiServer`] (possibly through a VIP or the
+/// routing mesh): which server answered and which peer it saw.
+#[derive(Debug)]
+pub struct WhoamiConn {
+    pub server: Ipv4Addr,
+    pub peer: SocketAddr,
+    conn: TcpStream,
+}
+
+impl WhoamiConn {
+    pub fn open(ns: &Netns, to: SocketAddr, timeout: Duration) -> anyhow::Result<WhoamiConn> {
+        let conn = ns
+            .run(|| TcpStream::connect_timeout(&to, timeout))
+            .with_context(|| format!("connecting to {to} from {}", ns.name()))?;
+        conn.set_read_timeout(Some(timeout))?;
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        let mut c = &conn;
+        while line.len() < 128 {
+            c.read_exact(&mut byte)
+                .with_context(|| format!("reading the greeting of {to}"))?;
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        let line = String::from_utf8(line)?;
+        let (server, peer) = line
+            .split_once(' ')
+            .with_context(|| format!("bad greeting {line:?}"))?;
+        Ok(WhoamiConn {
+            server: server.parse()?,
+            peer: peer.parse()?,
+            conn,
+        })
+    }
+
+    /// Sends `payload` and reads its echo.
+    pub fn echo(&mut self, payload: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.conn.write_all(payload)?;
+        let mut back = vec![0u8; payload.len()];
+        self.conn.read_exact(&mut back)?;
+        Ok(back)
     }
 }

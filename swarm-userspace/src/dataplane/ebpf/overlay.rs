@@ -9,7 +9,6 @@
 use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
-use aya::programs::{SchedClassifier, TcAttachType, tc::SchedClassifierLinkId};
 use ipnet::Ipv4Net;
 use swarm_ebpf_common::{
     EndpointValue, IfaceValue, OVERLAY_CONFIG_MAP, OVERLAY_COUNTERS_MAP, OVERLAY_ENDPOINTS_MAP,
@@ -18,9 +17,9 @@ use swarm_ebpf_common::{
     PacketCounter, SubnetValue,
 };
 
-use super::{EbpfDataplane, error_chain, program};
+use super::{Adopted, EbpfDataplane, HeldLink, error_chain};
 use crate::dataplane::{
-    Counter, DataplaneError, MapUsage,
+    AdoptionReport, Counter, DataplaneError, MapUsage,
     netlink::{self, VxlanDevice},
     overlay::{
         Endpoint, FALLBACK_UNDERLAY_MTU, LocalEndpoint, OverlayInfo, OverlayStatus, Place,
@@ -31,10 +30,10 @@ use crate::dataplane::{
 /// The VXLAN device and its program link.
 pub(super) struct OverlayDevice {
     pub info: OverlayInfo,
-    pub link: SchedClassifierLinkId,
+    pub link: HeldLink,
 }
 
-fn map_mut<'a>(
+pub(super) fn map_mut<'a>(
     ebpf: &'a mut aya::Ebpf,
     name: &'static str,
 ) -> Result<&'a mut aya::maps::Map, DataplaneError> {
@@ -44,7 +43,7 @@ fn map_mut<'a>(
     })
 }
 
-fn write_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+pub(super) fn write_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
     move |e| DataplaneError::MapWrite {
         map,
         reason: error_chain(&e),
@@ -73,7 +72,7 @@ fn subnet_key(net: Ipv4Net) -> Key<[u8; 4]> {
 }
 
 /// Removes `key` from a hash map; a missing key is fine.
-fn remove_quietly<K: aya::Pod, V: aya::Pod>(
+pub(super) fn remove_quietly<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<&mut MapData, K, V>,
     key: &K,
     name: &'static str,
@@ -97,10 +96,8 @@ impl EbpfDataplane {
         {
             return Ok(dev.info.clone());
         }
-        if let Some(old) = self.overlay.take()
-            && let Ok(p) = program::<SchedClassifier>(&mut self.ebpf, OVERLAY_VXLAN_PROG)
-        {
-            let _ = p.detach(old.link);
+        if let Some(old) = self.overlay.take() {
+            old.link.release();
         }
         let name = self.vxlan_name.clone();
         let VxlanDevice { ifindex, mtu } =
@@ -117,14 +114,7 @@ impl EbpfDataplane {
                 )
             })
             .map_err(write_err(OVERLAY_CONFIG_MAP))?;
-        let prog: &mut SchedClassifier = program(&mut self.ebpf, OVERLAY_VXLAN_PROG)?;
-        let link =
-            prog.attach(&name, TcAttachType::Ingress)
-                .map_err(|e| DataplaneError::Attach {
-                    program: OVERLAY_VXLAN_PROG,
-                    interface: name.clone(),
-                    reason: error_chain(&e),
-                })?;
+        let link = self.attach_tc(OVERLAY_VXLAN_PROG, &name, "vxlan")?;
         let info = OverlayInfo {
             device: name,
             ifindex,
@@ -216,8 +206,11 @@ impl EbpfDataplane {
             self.detach_veth(old)?;
         }
         if !self.veth_links.contains_key(&ep.host_ifindex) {
-            let prog: &mut SchedClassifier = program(&mut self.ebpf, OVERLAY_VETH_PROG)?;
-            match prog.attach(&name, TcAttachType::Ingress) {
+            match self.attach_tc(
+                OVERLAY_VETH_PROG,
+                &name,
+                &format!("veth-{}", ep.host_ifindex),
+            ) {
                 Ok(link) => {
                     self.veth_links.insert(ep.host_ifindex, link);
                 }
@@ -226,7 +219,6 @@ impl EbpfDataplane {
                     // entry goes; so does the address unless it was known
                     // (then it keeps pointing at this veth, harmlessly:
                     // nothing the veth sends is routed without the program).
-                    let reason = error_chain(&e);
                     let _ = remove_quietly(
                         &mut ifaces(&mut self.ebpf)?,
                         &ep.host_ifindex,
@@ -239,11 +231,7 @@ impl EbpfDataplane {
                             OVERLAY_ENDPOINTS_MAP,
                         );
                     }
-                    return Err(DataplaneError::Attach {
-                        program: OVERLAY_VETH_PROG,
-                        interface: name,
-                        reason,
-                    });
+                    return Err(e);
                 }
             }
         }
@@ -313,11 +301,8 @@ impl EbpfDataplane {
     /// Detaches the veth program from `ifindex` and forgets the veth. The
     /// veth may be gone already (its link then went with it).
     fn detach_veth(&mut self, ifindex: u32) -> Result<(), DataplaneError> {
-        if let Some(link) = self.veth_links.remove(&ifindex)
-            && let Ok(p) = program::<SchedClassifier>(&mut self.ebpf, OVERLAY_VETH_PROG)
-            && let Err(e) = p.detach(link)
-        {
-            tracing::debug!(ifindex, error = %error_chain(&e), "detaching the overlay veth program (veth gone?)");
+        if let Some(link) = self.veth_links.remove(&ifindex) {
+            link.release();
         }
         remove_quietly(&mut ifaces(&mut self.ebpf)?, &ifindex, OVERLAY_IFACES_MAP)
     }
@@ -374,4 +359,63 @@ impl EbpfDataplane {
         ];
         Ok((status, maps))
     }
+}
+
+/// The overlay entries a previous agent left in adopted maps.
+pub(super) fn adopted_overlay(ebpf: &mut aya::Ebpf) -> Result<Adopted, DataplaneError> {
+    let read = |map: &'static str| {
+        move |e: aya::maps::MapError| DataplaneError::MapRead {
+            map,
+            reason: error_chain(&e),
+        }
+    };
+    let endpoints = endpoints(ebpf)?
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(OVERLAY_ENDPOINTS_MAP))?;
+    let ifaces = ifaces(ebpf)?
+        .keys()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(OVERLAY_IFACES_MAP))?;
+    let subnets = subnets(ebpf)?
+        .keys()
+        .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read(OVERLAY_SUBNETS_MAP))?;
+    Ok(Adopted {
+        endpoints,
+        ifaces,
+        subnets,
+        ..Adopted::default()
+    })
+}
+
+/// Removes adopted overlay entries the new agent did not set again.
+pub(super) fn sweep_adopted(
+    dp: &mut EbpfDataplane,
+    a: &Adopted,
+) -> Result<AdoptionReport, DataplaneError> {
+    let mut report = AdoptionReport::default();
+    for addr in &a.endpoints {
+        if dp.book.endpoint(Ipv4Addr::from(*addr)).is_none() {
+            remove_quietly(&mut endpoints(&mut dp.ebpf)?, addr, OVERLAY_ENDPOINTS_MAP)?;
+            report.endpoints += 1;
+        }
+    }
+    for ifindex in &a.ifaces {
+        if !dp.veth_links.contains_key(ifindex) {
+            remove_quietly(&mut ifaces(&mut dp.ebpf)?, ifindex, OVERLAY_IFACES_MAP)?;
+        }
+    }
+    let kept: Vec<Ipv4Net> = dp.book.networks().map(|(_, n)| n.subnet).collect();
+    for (len, net) in &a.subnets {
+        let claimed = kept
+            .iter()
+            .any(|n| u32::from(n.prefix_len()) == *len && n.network().octets() == *net);
+        if !claimed {
+            let _ = subnets(&mut dp.ebpf)?.remove(&Key::new(*len, *net));
+            report.networks += 1;
+        }
+    }
+    Ok(report)
 }
