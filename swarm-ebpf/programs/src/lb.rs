@@ -89,7 +89,7 @@ fn count_service(slot: u32, reply: bool, len: u32) {
 #[inline(always)]
 fn drop_pkt(why: LbCounter, len: u32) -> i32 {
     count(why, len);
-    TC_ACT_SHOT as i32
+    TC_ACT_SHOT
 }
 
 #[inline(always)]
@@ -103,7 +103,7 @@ fn now_ns() -> u64 {
 #[inline(always)]
 pub fn is_vip(addr: [u8; 4], vni: u32) -> bool {
     // SAFETY: value pointer from a lookup, valid for this run.
-    VIPS.get_ptr(&addr).is_some_and(|v| unsafe { *v } == vni)
+    VIPS.get_ptr(addr).is_some_and(|v| unsafe { *v } == vni)
 }
 
 /// The TCP/UDP header fields the balancer works with.
@@ -204,15 +204,14 @@ fn rewrite(ctx: &TcContext, l4: &L4, dst: bool, addr: [u8; 4], port: [u8; 2]) ->
         u64::from(u32::from_ne_bytes(old_addr)),
         u64::from(u32::from_ne_bytes(addr)),
     );
-    if old_addr != addr {
-        if ctx
+    if old_addr != addr
+        && (ctx
             .l4_csum_replace(csum, oa, na, u64::from(BPF_F_PSEUDO_HDR) | mangled | 4)
             .is_err()
             || ctx.l3_csum_replace(IP_CSUM, oa, na, 4).is_err()
-            || ctx.store(addr_off, &addr, 0).is_err()
-        {
-            return false;
-        }
+            || ctx.store(addr_off, &addr, 0).is_err())
+    {
+        return false;
     }
     if old_port != port {
         let (op, np) = (
@@ -288,7 +287,7 @@ fn backend_for(
     new_flow: LbCounter,
     len: u32,
 ) -> Result<[u8; 4], i32> {
-    if let Some(e) = CT.get_ptr_mut(&l4.key) {
+    if let Some(e) = CT.get_ptr_mut(l4.key) {
         // SAFETY: value pointer from a lookup, valid for this run.
         let (kind, addr) = unsafe { ((*e).kind, (*e).nat_addr) };
         if kind == fwd_kind as u8 && !l4.is_tcp_syn() {
@@ -334,7 +333,7 @@ fn backend_for(
         _pad: 0,
     };
     // Reply entry first: a reply never finds a forward entry without it.
-    if CT.insert(&rev_key, &rev, 0).is_err() || CT.insert(&l4.key, &fwd, 0).is_err() {
+    if CT.insert(rev_key, rev, 0).is_err() || CT.insert(l4.key, fwd, 0).is_err() {
         return Err(drop_pkt(LbCounter::DropCtFull, len));
     }
     count(new_flow, len);
@@ -352,13 +351,19 @@ pub fn vip_forward(ctx: &TcContext, vni: u32, l4: &L4, len: u32) -> Result<Optio
         proto: l4.key.proto,
         _pad: 0,
     };
-    let Some(fe) = FRONTENDS.get_ptr(&fk) else {
+    // The exact port, else the VIP's every-port frontend (port 0).
+    let exact = FRONTENDS.get_ptr(fk);
+    let any = FrontendKey { port: [0, 0], ..fk };
+    let Some(fe) = exact.or_else(|| FRONTENDS.get_ptr(any)) else {
         return Ok(None);
     };
     // SAFETY: value pointer from a lookup, valid for this run.
-    let fe = unsafe { *fe };
+    let mut fe = unsafe { *fe };
     if fe.flags & FRONTEND_MESH != 0 {
         return Ok(None);
+    }
+    if fe.target_port == [0, 0] {
+        fe.target_port = l4.key.dport;
     }
     if fe.vni != vni {
         return Err(drop_pkt(LbCounter::DropIsolation, len));
@@ -388,7 +393,7 @@ pub fn vip_reply(ctx: &TcContext, len: u32) -> Result<(), i32> {
     let Some(l4) = parse_l4(ctx) else {
         return Ok(());
     };
-    let Some(e) = CT.get_ptr_mut(&l4.key) else {
+    let Some(e) = CT.get_ptr_mut(l4.key) else {
         return Ok(());
     };
     // SAFETY: value pointer from a lookup, valid for this run.
@@ -426,7 +431,7 @@ fn send_out(ext_ifindex: u32, len: u32) -> i32 {
 /// not a mesh reply.
 #[inline(always)]
 pub fn mesh_reply(ctx: &TcContext, l4: &L4, from_tunnel: bool, len: u32) -> Option<i32> {
-    let e = CT.get_ptr_mut(&l4.key)?;
+    let e = CT.get_ptr_mut(l4.key)?;
     // SAFETY: value pointer from a lookup, valid for this run.
     let v = unsafe { *e };
     if v.kind == CtKind::MeshReply as u8 {
@@ -452,7 +457,7 @@ pub fn mesh_reply(ctx: &TcContext, l4: &L4, from_tunnel: bool, len: u32) -> Opti
 #[inline(always)]
 pub fn mesh_remember_ingress(l4: &L4, node: [u8; 4], vni: u32) {
     let rev = l4.key.reversed();
-    if let Some(e) = CT.get_ptr_mut(&rev) {
+    if let Some(e) = CT.get_ptr_mut(rev) {
         // SAFETY: value pointer from a lookup, valid for this run.
         let (kind, known) = unsafe { ((*e).kind, (*e).node) };
         if kind == CtKind::MeshTunnelBack as u8 && known == node && !l4.is_tcp_syn() {
@@ -476,7 +481,7 @@ pub fn mesh_remember_ingress(l4: &L4, node: [u8; 4], vni: u32) {
         _pad: 0,
     };
     // Best effort: without it the replies are lost and the client retries.
-    let _ = CT.insert(&rev, &v, 0);
+    let _ = CT.insert(rev, v, 0);
 }
 
 /// TC ingress of the node's external interface: connections to a published
@@ -488,16 +493,16 @@ pub fn swarm_lb_mesh_ingress(ctx: TcContext) -> i32 {
     let len = unsafe { (*ctx.skb.skb).len };
     match ctx.load::<[u8; 2]>(12) {
         Ok(t) if u16::from_be_bytes(t) == ETH_P_IP => {}
-        _ => return TC_ACT_OK as i32,
+        _ => return TC_ACT_OK,
     }
     let Some(cfg) = CONFIG.get(0).copied() else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     let Some(l4) = parse_l4(&ctx) else {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     };
     if u32::from_ne_bytes(cfg.node_addr) == 0 || l4.key.dst != cfg.node_addr {
-        return TC_ACT_OK as i32;
+        return TC_ACT_OK;
     }
     let fk = FrontendKey {
         addr: [0; 4],
@@ -505,8 +510,8 @@ pub fn swarm_lb_mesh_ingress(ctx: TcContext) -> i32 {
         proto: l4.key.proto,
         _pad: 0,
     };
-    let Some(fe) = FRONTENDS.get_ptr(&fk) else {
-        return TC_ACT_OK as i32;
+    let Some(fe) = FRONTENDS.get_ptr(fk) else {
+        return TC_ACT_OK;
     };
     // SAFETY: value pointer from a lookup, valid for this run.
     let fe = unsafe { *fe };

@@ -141,7 +141,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         .dataplane_interfaces
         .is_empty()
     {
-        let mut dp = EbpfDataplane::load(config.xdp_mode)?;
+        let mut dp = EbpfDataplane::load_pinned(config.xdp_mode, &config.data_root.join("bpf"))?;
         for iface in &config.dataplane_interfaces {
             dp.attach(iface)?;
         }
@@ -150,7 +150,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
             String::new(),
         )
     } else if config.executor == ExecutorKind::Runtime {
-        match EbpfDataplane::load(config.xdp_mode) {
+        match EbpfDataplane::load_pinned(config.xdp_mode, &config.data_root.join("bpf")) {
             Ok(dp) => (
                 Some(Arc::new(Mutex::new(Box::new(dp) as Box<dyn Dataplane>))),
                 String::new(),
@@ -172,6 +172,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
         ExecutorKind::Runtime => Arc::new(StoreImages::new(images.clone(), puller.clone())),
         ExecutorKind::Fake => Arc::new(SimulatedImages),
     };
+    let mut ct_gc = None;
     let networks: Arc<dyn crate::worker::TaskNetworks> = match config.executor {
         ExecutorKind::Runtime => {
             let upstreams = crate::network::dns::read_resolv_conf(std::path::Path::new(
@@ -181,7 +182,7 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 tracing::warn!(error = %e, "the embedded DNS server has no upstream resolvers");
                 Vec::new()
             });
-            Arc::new(crate::network::NetworkAgent::new(
+            let agent = crate::network::NetworkAgent::new(
                 &config.data_root,
                 Arc::new(crate::network::glue::DataplaneOverlay::new(
                     dataplane.clone(),
@@ -190,7 +191,12 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
                 Some(Arc::new(crate::network::glue::EmbeddedDns(
                     crate::network::dns::DnsServer::new(upstreams),
                 ))),
-            ))
+            );
+            ct_gc = Some(crate::network::CtGcLoop {
+                agent: agent.clone(),
+                every: Duration::from_secs(10),
+            });
+            Arc::new(agent)
         }
         ExecutorKind::Fake => Arc::new(crate::worker::NoNetworks),
     };
@@ -204,6 +210,9 @@ pub async fn run(config: DaemonConfig) -> Result<(), DaemonError> {
     });
     let mut supervisor = Supervisor::new(config.shutdown_timeout);
     supervisor.spawn(worker_loop);
+    if let Some(gc) = ct_gc {
+        supervisor.spawn(gc);
+    }
     supervisor.spawn(node_loop);
     supervisor.spawn(
         ApiServer::bind(config.host.unix_path(), dataplane.clone(), node.clone())

@@ -210,7 +210,10 @@ impl LbBook {
         for (list, what) in [(&fe.ports, "port"), (&fe.published, "published port")] {
             let mut seen = BTreeSet::new();
             for p in list {
-                if p.port == 0 || p.target == 0 {
+                // VIP port 0 → 0: every port of the VIP, kept (docker's
+                // VIPs balance any port).
+                let any_port = what == "port" && p.port == 0 && p.target == 0;
+                if !any_port && (p.port == 0 || p.target == 0) {
                     return Err(invalid(format!(
                         "service {}: {what} {}:{}/{} uses port 0",
                         fe.id,

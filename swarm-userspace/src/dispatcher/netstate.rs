@@ -201,6 +201,10 @@ impl NodeNetState {
     }
 
     fn sync_membership(&mut self, view: &ReadTx, msg: &mut pb::AssignmentsMessage) {
+        msg.node_addr = view
+            .get::<pb::Node>(&self.node_id)
+            .and_then(|n| n.status.as_ref().map(|s| s.addr.clone()))
+            .unwrap_or_default();
         msg.data_path_port = view
             .list::<pb::Cluster>()
             .next()

@@ -85,6 +85,51 @@ impl Overlay for DataplaneOverlay {
             tracing::warn!(%addr, error = %e, "removing an overlay endpoint failed");
         }
     }
+
+    fn set_service(&self, frontend: crate::dataplane::ServiceFrontend) -> Result<(), String> {
+        self.with(|d| d.set_service(frontend))
+    }
+
+    fn set_backends(&self, id: &str, backends: &[crate::dataplane::Backend]) -> Result<(), String> {
+        self.with(|d| d.set_backends(id, backends))
+    }
+
+    fn remove_service(&self, id: &str) {
+        if let Err(e) = self.with(|d| d.remove_service(id)) {
+            tracing::warn!(service = %id, error = %e, "removing a service frontend failed");
+        }
+    }
+
+    fn mesh_start(&self, interface: &str, node_addr: Ipv4Addr) -> Result<(), String> {
+        self.with(|d| d.mesh_start(interface, node_addr))
+    }
+
+    fn ct_gc(&self) {
+        if self.dp.is_none() {
+            return;
+        }
+        match self.with(|d| d.ct_gc()) {
+            Ok(r) if r.expired > 0 => {
+                tracing::debug!(
+                    expired = r.expired,
+                    entries = r.entries,
+                    "connection table swept"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "sweeping the connection table failed"),
+        }
+    }
+
+    fn adoption_done(&self) {
+        if self.dp.is_none() {
+            return;
+        }
+        match self.with(|d| d.adoption_done()) {
+            Ok(r) => tracing::info!(report = ?r, "data plane adoption done"),
+            Err(e) => tracing::warn!(error = %e, "finishing the data plane's adoption failed"),
+        }
+    }
 }
 
 /// The cluster names a node's tasks may resolve: services on the networks

@@ -50,6 +50,16 @@ pub trait Overlay: Send + Sync {
     ) -> Result<(), String>;
     fn set_remote(&self, vni: u32, addr: Ipv4Addr, node: Ipv4Addr) -> Result<(), String>;
     fn remove_endpoint(&self, addr: Ipv4Addr);
+    /// Load balancing: a service's frontend on one network, its backends.
+    fn set_service(&self, frontend: crate::dataplane::ServiceFrontend) -> Result<(), String>;
+    fn set_backends(&self, id: &str, backends: &[crate::dataplane::Backend]) -> Result<(), String>;
+    fn remove_service(&self, id: &str);
+    /// Published ports answer on `node_addr` arriving at `interface`.
+    fn mesh_start(&self, interface: &str, node_addr: Ipv4Addr) -> Result<(), String>;
+    /// Expires finished connections from the balancer's table.
+    fn ct_gc(&self);
+    /// After a restart: everything has been set again; drop the rest.
+    fn adoption_done(&self);
 }
 
 /// The embedded DNS server, as the network agent drives it.
@@ -88,6 +98,19 @@ struct State {
     /// Whether leftovers of an earlier run were cleaned (at the first
     /// complete assignment set).
     cleaned: bool,
+    /// Load-balancer frontends installed, by id, with their backends.
+    lb: BTreeMap<
+        String,
+        (
+            crate::dataplane::ServiceFrontend,
+            Vec<crate::dataplane::Backend>,
+        ),
+    >,
+    /// The routing mesh's (interface, address), once started.
+    mesh: Option<(String, Ipv4Addr)>,
+    /// Local tasks an adopting data plane still waits for (after the
+    /// first complete assignment set); `None` once adoption is done.
+    adopting: Option<BTreeSet<String>>,
 }
 
 /// See the module docs. Cheap to clone.
@@ -200,9 +223,142 @@ impl NetworkAgent {
             .filter(|v| !want_nets.contains_key(v))
             .copied()
             .collect();
+        self.sync_lb(st);
         for vni in stale {
             st.networks.remove(&vni);
             self.overlay.remove_network(vni);
+        }
+    }
+
+    /// Brings the balancer's frontends and backends in line with the view.
+    /// Backends whose endpoint the data path does not know yet (a local
+    /// task not attached yet) wait for the next sync.
+    fn sync_lb(&self, st: &mut State) {
+        use crate::dataplane::{Backend, PortMapping, Proto as DpProto, ServiceFrontend};
+        let mut want: BTreeMap<String, (ServiceFrontend, Vec<Backend>)> = BTreeMap::new();
+        for s in lb::services(&st.view) {
+            for v in &s.vips {
+                let id = format!("{}/{}", s.service_id, v.vni);
+                let published = if v.vni == s.ingress_vni {
+                    s.published
+                        .iter()
+                        .filter(|p| !p.host_mode)
+                        .map(|p| PortMapping {
+                            proto: match p.proto {
+                                lb::Proto::Tcp => DpProto::Tcp,
+                                lb::Proto::Udp => DpProto::Udp,
+                            },
+                            port: p.published,
+                            target: p.target,
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let fe = ServiceFrontend {
+                    id: id.clone(),
+                    vni: v.vni,
+                    vip: Some(v.vip),
+                    // Every port of the VIP, kept, as docker's VIPs.
+                    ports: [DpProto::Tcp, DpProto::Udp]
+                        .into_iter()
+                        .map(|proto| PortMapping {
+                            proto,
+                            port: 0,
+                            target: 0,
+                        })
+                        .collect(),
+                    published,
+                };
+                let backends: Vec<Backend> = v
+                    .backends
+                    .iter()
+                    .filter(|b| match b.node {
+                        None => st.local.values().flatten().any(|l| l.addr == b.addr),
+                        Some(_) => st.remote.contains_key(&b.addr),
+                    })
+                    .map(|b| Backend {
+                        addr: b.addr,
+                        draining: b.draining,
+                    })
+                    .collect();
+                want.insert(id, (fe, backends));
+            }
+        }
+        let gone: Vec<String> = st
+            .lb
+            .keys()
+            .filter(|k| !want.contains_key(*k))
+            .cloned()
+            .collect();
+        for id in gone {
+            st.lb.remove(&id);
+            self.overlay.remove_service(&id);
+        }
+        for (id, (fe, backends)) in want {
+            let have = st.lb.get(&id);
+            let same_frontend = have.map(|(f, _)| f) == Some(&fe);
+            if !same_frontend && let Err(e) = self.overlay.set_service(fe.clone()) {
+                tracing::warn!(service = %id, error = %e, "cannot install a service frontend");
+                continue;
+            }
+            if (!same_frontend || have.map(|(_, b)| b) != Some(&backends))
+                && let Err(e) = self.overlay.set_backends(&id, &backends)
+            {
+                tracing::warn!(service = %id, error = %e, "cannot set a service's backends");
+                continue;
+            }
+            st.lb.insert(id, (fe, backends));
+        }
+    }
+
+    /// Starts the routing mesh on the interface holding this node's
+    /// address, once the managers said which address that is.
+    fn sync_mesh(&self, st: &mut State) {
+        let Some(addr) = st.view.node_addr else {
+            return;
+        };
+        if st.mesh.as_ref().is_some_and(|(_, a)| *a == addr) {
+            return;
+        }
+        // Replies of mesh connections come back through the VXLAN device
+        // even on a node that runs no task: it must be up here too.
+        let port = u16::try_from(st.view.data_path_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .unwrap_or(DEFAULT_VXLAN_PORT);
+        if let Err(e) = self.overlay.start(port) {
+            tracing::warn!(error = %e, "cannot start the overlay for the routing mesh");
+            return;
+        }
+        let Some(iface) = interface_with(addr) else {
+            tracing::warn!(%addr, "no interface holds this node's address: published ports will not answer here");
+            return;
+        };
+        match self.overlay.mesh_start(&iface, addr) {
+            Ok(()) => {
+                tracing::info!(interface = %iface, %addr, "routing mesh started");
+                st.mesh = Some((iface, addr));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot start the routing mesh"),
+        }
+    }
+
+    /// One garbage-collection sweep of the balancer's connection table.
+    pub fn ct_gc(&self) {
+        self.overlay.ct_gc();
+    }
+
+    /// Marks a local task as set again; ends adoption once none is left.
+    fn adopted_task(&self, st: &mut State, task_id: Option<&str>) {
+        if let Some(waiting) = st.adopting.as_mut() {
+            if let Some(id) = task_id {
+                waiting.remove(id);
+            }
+            if waiting.is_empty() {
+                st.adopting = None;
+                self.overlay.adoption_done();
+            }
         }
     }
 
@@ -287,6 +443,8 @@ impl NetworkAgent {
                 st.remote.remove(&l.addr);
             }
             st.local.insert(task_id.clone(), links.clone());
+            self.sync_lb(&mut st);
+            self.adopted_task(&mut st, Some(&task_id));
         }
         self.sync_egress().await;
         let mut nameserver = None;
@@ -391,12 +549,24 @@ impl TaskNetworks for NetworkAgent {
             let mut st = lock(&self.state);
             st.view.apply(m);
             self.sync_overlay(&mut st);
+            self.sync_mesh(&mut st);
             if let Some(names) = &self.names {
                 names.set_view(&st.view);
             }
             let first = full && !st.cleaned;
             if first {
                 st.cleaned = true;
+                // The local tasks on networks that a restarted data plane
+                // must see set again before it drops what was not.
+                let waiting: BTreeSet<String> = m
+                    .updated_tasks
+                    .iter()
+                    .filter(|t| t.networks.iter().any(|n| !n.addresses.is_empty()))
+                    .filter(|t| t.desired_state <= pb::TaskState::Running as i32)
+                    .filter_map(|t| t.meta.as_ref().map(|m| m.id.clone()))
+                    .collect();
+                st.adopting = Some(waiting);
+                self.adopted_task(&mut st, None);
             }
             first
         };
@@ -417,5 +587,48 @@ impl TaskNetworks for NetworkAgent {
 
     async fn detach(&self, task_id: &str) {
         self.detach_task(task_id).await;
+    }
+}
+
+/// The interface holding `addr` in this network namespace.
+fn interface_with(addr: Ipv4Addr) -> Option<String> {
+    let addrs = nix::ifaddrs::getifaddrs().ok()?;
+    for ifa in addrs {
+        let Some(sa) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) else {
+            continue;
+        };
+        if sa.ip() == addr {
+            return Some(ifa.interface_name);
+        }
+    }
+    None
+}
+
+/// Sweeps the balancer's connection table every few seconds.
+pub struct CtGcLoop {
+    pub agent: NetworkAgent,
+    pub every: std::time::Duration,
+}
+
+impl crate::supervisor::ControlLoop for CtGcLoop {
+    fn name(&self) -> &'static str {
+        "ct-gc"
+    }
+
+    async fn run(
+        self,
+        shutdown: tokio_util::sync::CancellationToken,
+    ) -> Result<(), crate::supervisor::LoopError> {
+        let mut tick = tokio::time::interval(self.every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                _ = tick.tick() => {
+                    let agent = self.agent.clone();
+                    let _ = tokio::task::spawn_blocking(move || agent.ct_gc()).await;
+                }
+            }
+        }
     }
 }

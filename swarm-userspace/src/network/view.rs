@@ -15,6 +15,8 @@ pub struct NetView {
     pub own_node: Option<String>,
     /// The cluster's VXLAN port, once known (0 until then).
     pub data_path_port: u32,
+    /// This node's underlay address as the managers know it.
+    pub node_addr: Option<Ipv4Addr>,
     pub networks: BTreeMap<String, pb::Network>,
     /// By (task ID, network ID).
     pub peers: BTreeMap<(String, String), pb::NetworkPeer>,
@@ -46,6 +48,9 @@ impl NetView {
         }
         if m.data_path_port != 0 {
             self.data_path_port = m.data_path_port;
+        }
+        if let Some(a) = parse_node_addr(&m.node_addr) {
+            self.node_addr = Some(a);
         }
         if m.r#type == pb::assignments_message::Type::Full as i32 {
             self.networks.clear();

@@ -99,7 +99,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 enum Command {
-    Assign(pb::AssignmentsMessage),
+    Assign(Box<pb::AssignmentsMessage>),
     RemoveAll(oneshot::Sender<()>),
 }
 
@@ -161,7 +161,7 @@ impl Worker {
     /// An assignment message from the dispatcher: a complete set (FULL:
     /// tasks not in it are removed) or changes (INCREMENTAL). Never blocks.
     pub fn assign(&self, m: pb::AssignmentsMessage) {
-        if self.tx.send(Command::Assign(m)).is_err() {
+        if self.tx.send(Command::Assign(Box::new(m))).is_err() {
             tracing::warn!("assignments arrived after the worker stopped; ignored");
         }
     }
@@ -441,7 +441,7 @@ impl ControlLoop for WorkerLoop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 cmd = self.rx.recv() => match cmd {
-                    Some(Command::Assign(m)) => self.assign(m).await,
+                    Some(Command::Assign(m)) => self.assign(*m).await,
                     Some(Command::RemoveAll(done)) => {
                         self.remove_all().await;
                         let _ = done.send(());

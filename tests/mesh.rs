@@ -1,0 +1,271 @@
+//! The service load balancer and routing mesh on real daemons and
+//! containers: three nodes on routed subnets and a client host outside the
+//! swarm. A published port answers on every node (also nodes without a
+//! replica) from every replica, backends see the client's real address, a
+//! VIP reached from another service's container balances over every
+//! replica, scaling and a daemon's kill -9 under steady load fail no
+//! request.
+mod support;
+
+use std::collections::BTreeSet;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use swarm_harness::cmd;
+use swarm_harness::{Cluster, Host, Topology};
+
+/// `GET /` through the routing mesh from the client host: the page's
+/// `hostname=` and `client=` lines.
+fn get(host: &Host, node: Ipv4Addr, port: u16) -> Option<(String, String)> {
+    let r = host
+        .in_netns(move || {
+            swarm_harness::http::get(SocketAddr::from((node, port)), "/", Duration::from_secs(3))
+        })
+        .ok()?;
+    let line = |k: &str| {
+        r.body
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(str::to_owned)
+    };
+    Some((line("hostname=")?, line("client=")?))
+}
+
+fn running_ids(c: &Cluster, service: &str) -> Vec<String> {
+    service_ps(c.node(1), service)
+        .iter()
+        .filter(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+        .map(|t| {
+            t["ID"]
+                .as_str()
+                .unwrap_or_default()
+                .chars()
+                .take(12)
+                .collect()
+        })
+        .collect()
+}
+
+fn wait_running(c: &Cluster, service: &str, n: usize) -> BTreeSet<String> {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{n} tasks of {service} running"),
+        || {
+            let ids = running_ids(c, service);
+            (ids.len() == n).then(|| ids.into_iter().collect())
+        },
+    )
+}
+
+/// Requests in a loop from the client host to every node in turn until
+/// stopped; counts successes and failures.
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Load {
+    fn start(host: &Host, nodes: Vec<Ipv4Addr>, port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (s, o, f) = (stop.clone(), ok.clone(), failed.clone());
+        let ns = host.netns().to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            let mut i = 0usize;
+            while !s.load(Ordering::Relaxed) {
+                let node = nodes[i % nodes.len()];
+                i += 1;
+                // A fresh connection per request, from the client's netns.
+                let out = cmd::run(
+                    Command::new("ip").args([
+                        "netns", "exec", &ns, "python3", "-c",
+                        "import sys,urllib.request;print(urllib.request.urlopen('http://'+sys.argv[1]+'/',timeout=3).read().decode())",
+                        &format!("{node}:{port}"),
+                    ]),
+                    Duration::from_secs(10),
+                );
+                if out.ok() && out.stdout.contains("hostname=") {
+                    o.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    f.fetch_add(1, Ordering::Relaxed);
+                    errors.push(format!("{node}: {out}"));
+                }
+            }
+            errors
+        });
+        Load {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops; returns (succeeded, failed, failure details).
+    fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let errors = self
+            .thread
+            .take()
+            .map(|t| t.join().unwrap_or_default())
+            .unwrap_or_default();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            errors,
+        )
+    }
+}
+
+#[test]
+fn published_ports_answer_on_every_node_from_every_replica_with_the_client_address() {
+    let mut c = cluster(3, Topology::RoutedSubnets);
+    c.add_client_host();
+    let c = c;
+    form(&c, 1, 2);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 3);
+    let image = c.image("bb:1");
+    n1.swarm(&["network", "create", "-d", "overlay", "front"])
+        .success();
+    // Two replicas on three nodes: node 3 (or another) runs none, and must
+    // answer anyway.
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--replicas",
+        "2",
+        "--replicas-max-per-node",
+        "1",
+        "-p",
+        "8080:80",
+        &image,
+    ])
+    .success();
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "probe",
+        "--network",
+        "front",
+        &image,
+    ])
+    .success();
+    let replicas = wait_running(&c, "web", 2);
+    wait_running(&c, "probe", 1);
+    let client = c.host(1);
+    let nodes: Vec<Ipv4Addr> = (1..=3).map(|i| c.node(i).addr()).collect();
+
+    // Every node answers, every replica answers, and the backend saw the
+    // client's own address.
+    let mut seen = BTreeSet::new();
+    for &node in &nodes {
+        let mut from_node = BTreeSet::new();
+        for _ in 0..12 {
+            let (host, peer) = eventually(
+                Duration::from_secs(15),
+                &format!("{node}:8080 answers"),
+                || get(client, node, 8080),
+            );
+            assert_eq!(
+                peer,
+                client.addr().to_string(),
+                "the backend sees the client"
+            );
+            from_node.insert(host);
+        }
+        assert!(!from_node.is_empty());
+        seen.extend(from_node);
+    }
+    assert_eq!(seen, replicas, "responses come from every replica");
+
+    // The VIP from another service's container balances over both.
+    let probe: Vec<Value> = service_ps(n1, "probe");
+    let probe_id = probe[0]["ID"].as_str().unwrap_or_default().to_owned();
+    let probe_node = (1..=3)
+        .find(|&i| c.node(i).data_root().join("netns").join(&probe_id).exists())
+        .expect("the probe's node");
+    let mut via_vip = BTreeSet::new();
+    // By name, through the embedded DNS and the VIP, inside the container.
+    let pid = std::fs::read_to_string(
+        std::path::PathBuf::from(swarm_harness::cleanup::CGROUP_ROOT)
+            .join("pids")
+            .join(format!("{}n{probe_node}", c.cgroup_prefix()))
+            .join(&probe_id)
+            .join("cgroup.procs"),
+    )
+    .unwrap_or_default()
+    .lines()
+    .next()
+    .unwrap_or_default()
+    .trim()
+    .to_owned();
+    for _ in 0..16 {
+        let out = cmd::run(
+            Command::new("nsenter").args([
+                "-t",
+                &pid,
+                "-m",
+                "-n",
+                "--",
+                "/bin/sh",
+                "-c",
+                "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 web 80",
+            ]),
+            Duration::from_secs(10),
+        );
+        if let Some(h) = out.stdout.lines().find_map(|l| l.strip_prefix("hostname=")) {
+            via_vip.insert(h.to_owned());
+        } else {
+            panic!("web by name through its VIP: {out}");
+        }
+    }
+    assert_eq!(via_vip, replicas, "the VIP balances over every replica");
+
+    // Scaling up and down under steady load fails no request.
+    let load = Load::start(client, nodes.clone(), 8080);
+    std::thread::sleep(Duration::from_secs(1));
+    n1.swarm(&["service", "scale", "--detach", "web=3"])
+        .success();
+    wait_running(&c, "web", 3);
+    std::thread::sleep(Duration::from_secs(1));
+    n1.swarm(&["service", "scale", "--detach", "web=1"])
+        .success();
+    wait_running(&c, "web", 1);
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 10, "the load ran: {ok} ok");
+    assert_eq!(failed, 0, "no request fails while scaling: {errors:?}");
+
+    // A daemon killed with -9 under load: its node's programs stay
+    // attached (pinned), requests keep succeeding, and it comes back.
+    let load = Load::start(client, nodes.clone(), 8080);
+    std::thread::sleep(Duration::from_secs(1));
+    let n2 = c.node(2);
+    n2.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    n2.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 10, "the load ran: {ok} ok");
+    assert_eq!(
+        failed, 0,
+        "no request fails while a daemon restarts: {errors:?}"
+    );
+}
