@@ -780,7 +780,7 @@ mod tests {
             grace: grace(p),
             _stop: token.clone().drop_guard(),
         };
-        let t0 = Instant::now();
+        let t0 = s.last_seen;
         assert!(s.alive(t0 + Duration::from_secs(15)));
         assert!(!s.alive(t0 + Duration::from_millis(15_001)));
         // Dropping the session (replaced, or leadership lost) ends its
