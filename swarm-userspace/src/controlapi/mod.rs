@@ -570,6 +570,10 @@ impl control_server::Control for ControlApi {
         if !self.m.is_leader() {
             return self.forwarded(self.leader()?.remove_service(req.into_inner()).await);
         }
+        // Under the write lock like every leader write of tasks: otherwise a
+        // task status report landing between the read and the commit makes
+        // the whole removal fail with a version conflict.
+        let _w = self.m.write_lock().await;
         let svc = resolve_service(&self.m, &req.get_ref().service_ref)?;
         let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
         let tasks = self.m.store.view().tasks_by_service(&id);
