@@ -114,10 +114,7 @@ impl Agent {
         let session_id = first.session_id.clone();
         self.apply_session_message(&first);
         tracing::info!(manager = addr, %session_id, "session with the leader established");
-        let period = Duration::from_millis(first.heartbeat_period_ms.max(100));
-        // Beat twice per period: one lost heartbeat must not cost the node.
-        let mut beat = tokio::time::interval(period / 2);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beat = Beat::new(first.heartbeat_period_ms);
 
         let mut assignments = match client
             .assignments(pb::AssignmentsRequest {
@@ -141,10 +138,10 @@ impl Agent {
                         self.renew_at = tokio::time::Instant::now() + Duration::from_secs(5);
                     }
                 }
-                _ = beat.tick() => {
+                () = beat.due() => {
                     let hb = client.heartbeat(pb::HeartbeatRequest { session_id: session_id.clone() });
-                    match tokio::time::timeout(period * 2, hb).await {
-                        Ok(Ok(_)) => {}
+                    match tokio::time::timeout(beat.period() * 2, hb).await {
+                        Ok(Ok(r)) => beat.answered(r.get_ref().period_ms),
                         Ok(Err(s)) => return redirect_or_fail(&s),
                         Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
                     }
@@ -246,6 +243,43 @@ impl Agent {
     }
 }
 
+/// When the next heartbeat is due: one period (the one the leader gave
+/// last) after the previous answer, as swarmkit's agent does. The leader
+/// marks a node down only after it missed several periods, and it may
+/// lengthen the period as the swarm grows, so every answer resets it.
+#[derive(Debug)]
+struct Beat {
+    period: Duration,
+    next: tokio::time::Instant,
+}
+
+impl Beat {
+    /// Shortest period taken from a leader, against a zero or tiny value.
+    const MIN_PERIOD: Duration = Duration::from_millis(100);
+
+    fn new(period_ms: u64) -> Self {
+        let period = Duration::from_millis(period_ms).max(Self::MIN_PERIOD);
+        Beat {
+            period,
+            next: tokio::time::Instant::now() + period,
+        }
+    }
+
+    fn period(&self) -> Duration {
+        self.period
+    }
+
+    async fn due(&self) {
+        tokio::time::sleep_until(self.next).await;
+    }
+
+    /// The leader answered, giving `period_ms` until the next heartbeat.
+    fn answered(&mut self, period_ms: u64) {
+        self.period = Duration::from_millis(period_ms).max(Self::MIN_PERIOD);
+        self.next = tokio::time::Instant::now() + self.period;
+    }
+}
+
 /// The UpdateTaskStatus call in flight, if any; aborted with the session.
 struct InFlight(Option<tokio::task::JoinHandle<Result<(), tonic::Status>>>);
 
@@ -342,5 +376,34 @@ impl ControlLoop for Agent {
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn heartbeats_once_per_period_and_follow_the_period_the_leader_gives() {
+        let start = tokio::time::Instant::now();
+        let mut beat = Beat::new(1000);
+        beat.due().await;
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        // The swarm grew: the leader asks for a beat every 5 s.
+        beat.answered(5000);
+        assert_eq!(beat.period(), Duration::from_secs(5));
+        let t = tokio::time::Instant::now();
+        beat.due().await;
+        assert_eq!(t.elapsed(), Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_period_does_not_make_the_agent_spin() {
+        let mut beat = Beat::new(0);
+        assert_eq!(beat.period(), Beat::MIN_PERIOD);
+        beat.answered(0);
+        let t = tokio::time::Instant::now();
+        beat.due().await;
+        assert_eq!(t.elapsed(), Beat::MIN_PERIOD);
     }
 }

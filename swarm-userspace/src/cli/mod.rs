@@ -178,12 +178,12 @@ pub struct DaemonArgs {
     /// reach running without containers).
     #[arg(long, value_enum, default_value_t = ExecutorKind::Runtime)]
     pub executor: ExecutorKind,
-    /// Raft heartbeat interval (default 100ms). Hidden: for benchmarks and
+    /// Raft heartbeat interval (default 250ms). Hidden: for benchmarks and
     /// experiments, e.g. `cargo xtask bench failover` runs docker's timing
     /// (1s) as its baseline. Every manager of a swarm should use the same.
     #[arg(long, hide = true, value_name = "DURATION", value_parser = parse_duration)]
     pub raft_heartbeat: Option<Duration>,
-    /// Raft election timeout range MIN-MAX, e.g. 500ms-1s (the default);
+    /// Raft election timeout range MIN-MAX, e.g. 1250ms-2500ms (the default);
     /// each election timer picks a random value in it. Hidden, like
     /// --raft-heartbeat.
     #[arg(long, hide = true, value_name = "MIN-MAX", value_parser = parse_duration_range)]

@@ -4,7 +4,10 @@
 //! heartbeats within the period it is given, receives its assignments as a
 //! stream and reports task status. A node that misses
 //! [`MISSED_HEARTBEATS`] periods is marked DOWN in the store; one that opens
-//! a session is marked READY. It also keeps the managers' status (leader,
+//! a session is marked READY. The period handed out grows with the number
+//! of sessions ([`node_period`]), so the leader's heartbeat load stays
+//! bounded however many nodes there are; a heartbeat itself only touches
+//! the session map, never the store. It also keeps the managers' status (leader,
 //! reachability) current in the store, so every manager shows the same
 //! `node ls`. Runs only on the leader: on other managers every call answers
 //! FAILED_PRECONDITION naming the leader. Decisions about what to do with a
@@ -36,14 +39,51 @@ use router::{Routed, Router};
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Periods a node may miss before it is marked down.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// Heartbeats per second the leader takes from all nodes together before it
+/// lengthens every node's period (as Nomad's `max_heartbeats_per_second`):
+/// up to this many nodes the configured period holds; with more, the
+/// period grows with the node count, so 10,000 nodes heartbeat every 5 s
+/// (docker's default period) and are marked down after about 15 s.
+pub const HEARTBEATS_PER_SECOND: u32 = 2000;
+/// Each period handed out is longer by a random part of up to this
+/// fraction, so nodes that connected together drift apart instead of
+/// heartbeating in bursts.
+pub const HEARTBEAT_JITTER: f64 = 0.1;
+
+/// The period to give one node: the configured one, or longer when
+/// `sessions` nodes at that period would exceed [`HEARTBEATS_PER_SECOND`];
+/// plus `jitter` (0 to 1) times [`HEARTBEAT_JITTER`] of it.
+#[must_use]
+pub fn node_period(configured: Duration, sessions: usize, jitter: f64) -> Duration {
+    #[allow(clippy::cast_precision_loss)]
+    let spread = Duration::from_secs_f64(sessions as f64 / f64::from(HEARTBEATS_PER_SECOND));
+    let base = configured.max(spread);
+    base + base.mul_f64(HEARTBEAT_JITTER * jitter.clamp(0.0, 1.0))
+}
+
+/// How long a node given `period` may stay silent before it is marked down.
+#[must_use]
+pub fn grace(period: Duration) -> Duration {
+    period * MISSED_HEARTBEATS
+}
 /// Metadata key carrying the leader's address on a redirect.
 pub const LEADER_ADDR_KEY: &str = "swarm-leader-addr";
 
 struct Session {
     id: String,
     last_seen: Instant,
-    /// Dropping it ends the session's stream.
-    _stop: CancellationToken,
+    /// Silence allowed after `last_seen`: the grace of the period this node
+    /// was last given.
+    grace: Duration,
+    /// Dropping it (the session replaced, or leadership lost) ends the
+    /// session's stream.
+    _stop: tokio_util::sync::DropGuard,
+}
+
+impl Session {
+    fn alive(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_seen) <= self.grace
+    }
 }
 
 #[derive(Clone)]
@@ -81,10 +121,12 @@ impl std::fmt::Debug for Dispatcher {
     }
 }
 
+/// The cluster's configured heartbeat period (`--dispatcher-heartbeat`).
 fn heartbeat_period(m: &Manager) -> Duration {
     m.cluster()
-        .and_then(|c| c.spec.clone())
-        .and_then(|s| s.dispatcher)
+        .as_deref()
+        .and_then(|c| c.spec.as_ref())
+        .and_then(|s| s.dispatcher.as_ref())
         .and_then(|d| d.heartbeat_period)
         .and_then(|p| Duration::try_from(p).ok())
         .filter(|p| !p.is_zero())
@@ -159,11 +201,31 @@ impl Dispatcher {
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
-    fn check_session(&self, node_id: &str, session_id: &str) -> Result<(), Status> {
+    /// The period to give the next node that asks, for the sessions open now.
+    fn period_now(&self) -> Duration {
+        let sessions = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        node_period(heartbeat_period(&self.m), sessions, rand::random())
+    }
+
+    /// Checks the session and notes the node alive; with `period`, the
+    /// node was just given that period.
+    fn check_session(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        period: Option<Duration>,
+    ) -> Result<(), Status> {
         let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         match s.get_mut(node_id) {
             Some(sess) if sess.id == session_id => {
                 sess.last_seen = Instant::now();
+                if let Some(p) = period {
+                    sess.grace = grace(p);
+                }
                 Ok(())
             }
             _ => Err(Status::not_found(
@@ -214,7 +276,12 @@ impl Dispatcher {
         Ok(())
     }
 
-    fn session_message(&self, node_id: &str, session_id: &str) -> pb::SessionMessage {
+    fn session_message(
+        &self,
+        node_id: &str,
+        session_id: &str,
+        period: Duration,
+    ) -> pb::SessionMessage {
         pb::SessionMessage {
             session_id: session_id.to_string(),
             node: self
@@ -224,7 +291,7 @@ impl Dispatcher {
                 .get::<pb::Node>(node_id)
                 .map(|n| (*n).clone()),
             managers: self.managers(),
-            heartbeat_period_ms: millis(heartbeat_period(&self.m)),
+            heartbeat_period_ms: millis(period),
         }
     }
 
@@ -378,12 +445,19 @@ impl Dispatcher {
     }
 
     async fn reconcile(&self, leader_since: Instant) -> Result<(), Status> {
-        let period = heartbeat_period(&self.m);
-        let grace = period * MISSED_HEARTBEATS;
+        let now = Instant::now();
         let metrics = self.m.raft.metrics().borrow().clone();
         let leader_raft = metrics.current_leader;
         let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
         let view = self.m.store.view();
+        // A node without a session since this manager leads may have been
+        // given the longest period by the previous leader: the one for
+        // every node in the store.
+        let no_session_grace = grace(node_period(
+            heartbeat_period(&self.m),
+            view.count::<pb::Node>(),
+            1.0,
+        ));
         let mut updates = Vec::new();
         {
             let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
@@ -392,8 +466,8 @@ impl Dispatcher {
                 let mut n = (*node).clone();
                 let mut changed = false;
                 let alive = match sessions.get(&id) {
-                    Some(s) => s.last_seen.elapsed() <= grace,
-                    None => leader_since.elapsed() <= grace,
+                    Some(s) => s.alive(now),
+                    None => now.saturating_duration_since(leader_since) <= no_session_grace,
                 };
                 let state = n.status.as_ref().map_or(0, |s| s.state);
                 if !alive && state != pb::NodeState::Down as i32 {
@@ -463,6 +537,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let r = req.into_inner();
         let session_id = new_id();
         let stop = CancellationToken::new();
+        let period = self.period_now();
         let open = {
             let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             sessions.insert(
@@ -470,7 +545,8 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                 Session {
                     id: session_id.clone(),
                     last_seen: Instant::now(),
-                    _stop: stop.clone(),
+                    grace: grace(period),
+                    _stop: stop.clone().drop_guard(),
                 },
             );
             sessions.len()
@@ -487,7 +563,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         tracing::info!(node_id = %who.node_id, %session_id, "session opened");
 
         let (tx, rx) = mpsc::channel(4);
-        let first = self.session_message(&who.node_id, &session_id);
+        let first = self.session_message(&who.node_id, &session_id, period);
         let this = self.clone();
         let node_id = who.node_id.clone();
         let (_, mut sub) = self.router.subscribe(&self.m.store, &who.node_id);
@@ -496,15 +572,17 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
-            // Leadership is checked at least this often even when nothing
-            // concerns this node.
-            let mut check = tokio::time::interval(Duration::from_secs(2));
-            check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // No timer per session: losing leadership drops every session
+            // (see `leader_duties`), which cancels `stop`.
             loop {
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    () = stop.cancelled() => {
+                        if !this.m.is_leader() {
+                            let _ = tx.send(Err(this.not_leader())).await;
+                        }
+                        return;
+                    }
                     () = tx.closed() => return,
-                    _ = check.tick() => {}
                     item = sub.rx.recv() => match item {
                         None => return,
                         // Task changes go out on the assignments stream.
@@ -512,11 +590,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                         Some(Routed::Refresh | Routed::Resync(_)) => {}
                     },
                 }
-                if !this.m.is_leader() {
-                    let _ = tx.send(Err(this.not_leader())).await;
-                    return;
-                }
-                let msg = this.session_message(&node_id, &session_id);
+                let msg = this.session_message(&node_id, &session_id, period);
                 if msg != last {
                     last = msg.clone();
                     if tx.send(Ok(msg)).await.is_err() {
@@ -535,11 +609,14 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         if !self.m.is_leader() {
             return Err(self.not_leader());
         }
-        let who = self.caller(&req)?;
-        self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        let Some(who) = ca::peer_identity(&req) else {
+            return Err(Status::unauthenticated("sessions need a node certificate"));
+        };
+        let period = self.period_now();
+        self.check_session(&who.node_id, &req.get_ref().session_id, Some(period))?;
         crate::metrics::metrics().dispatcher_heartbeats.inc();
         Ok(Response::new(pb::HeartbeatResponse {
-            period_ms: millis(heartbeat_period(&self.m)),
+            period_ms: millis(period),
         }))
     }
 
@@ -551,7 +628,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             return Err(self.not_leader());
         }
         let who = self.caller(&req)?;
-        self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        self.check_session(&who.node_id, &req.get_ref().session_id, None)?;
         let (tx, rx) = mpsc::channel(16);
         let node_id = who.node_id;
         let (view, mut sub) = self.router.subscribe(&self.m.store, &node_id);
@@ -660,7 +737,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             return Err(self.not_leader());
         }
         let who = self.caller(&req)?;
-        self.check_session(&who.node_id, &req.get_ref().session_id)?;
+        self.check_session(&who.node_id, &req.get_ref().session_id, None)?;
         // A task on another node is refused at once; the rest waits for
         // the next combined write.
         let view = self.m.store.view();
@@ -713,4 +790,64 @@ fn is_empty(m: &pb::AssignmentsMessage) -> bool {
         && m.removed_peers.is_empty()
         && m.updated_services.is_empty()
         && m.removed_service_ids.is_empty()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_period_holds_until_the_heartbeat_budget_is_reached() {
+        let one = Duration::from_secs(1);
+        assert_eq!(node_period(one, 0, 0.0), one);
+        assert_eq!(node_period(one, 2000, 0.0), one);
+        // 10,000 nodes share 2,000 heartbeats a second: every 5 s each.
+        assert_eq!(node_period(one, 10_000, 0.0), Duration::from_secs(5));
+        // A longer configured period is never shortened.
+        let ten = Duration::from_secs(10);
+        assert_eq!(node_period(ten, 10_000, 0.0), ten);
+    }
+
+    #[test]
+    fn jitter_lengthens_the_period_by_at_most_a_tenth() {
+        let one = Duration::from_secs(1);
+        assert_eq!(node_period(one, 10, 1.0), Duration::from_millis(1100));
+        assert_eq!(node_period(one, 10, 0.5), Duration::from_millis(1050));
+        // Out-of-range draws are clamped.
+        assert_eq!(node_period(one, 10, 7.0), Duration::from_millis(1100));
+        assert_eq!(node_period(one, 10, -1.0), one);
+    }
+
+    #[test]
+    fn the_heartbeat_rate_stays_within_the_budget_for_any_node_count() {
+        for nodes in [1usize, 100, 1000, 2000, 5000, 10_000, 50_000] {
+            let p = node_period(DEFAULT_HEARTBEAT, nodes, 0.0);
+            #[allow(clippy::cast_precision_loss)]
+            let rate = nodes as f64 / p.as_secs_f64();
+            assert!(
+                rate <= f64::from(HEARTBEATS_PER_SECOND) + 1e-6,
+                "{nodes} nodes: {rate}/s"
+            );
+        }
+    }
+
+    #[test]
+    fn a_session_is_alive_for_missed_heartbeats_of_its_own_period() {
+        let token = CancellationToken::new();
+        let p = Duration::from_secs(5);
+        let s = Session {
+            id: "s".into(),
+            last_seen: Instant::now(),
+            grace: grace(p),
+            _stop: token.clone().drop_guard(),
+        };
+        let t0 = s.last_seen;
+        assert!(s.alive(t0 + Duration::from_secs(15)));
+        assert!(!s.alive(t0 + Duration::from_millis(15_001)));
+        // Dropping the session (replaced, or leadership lost) ends its
+        // stream.
+        assert!(!token.is_cancelled());
+        drop(s);
+        assert!(token.is_cancelled());
+    }
 }

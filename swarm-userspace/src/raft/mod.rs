@@ -75,6 +75,12 @@ pub trait Fsm: Send + Sync + 'static {
     fn restore(&self, data: &[u8]) -> Result<(), String>;
 }
 
+/// Log entries one AppendEntries carries at most (openraft's default is
+/// 300): entries are store batches of up to 1,000 actions, so an unbounded
+/// catch-up append could take longer than the heartbeat interval openraft
+/// allows it, and then be sent again, and again.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 8;
+
 /// Timing and retention of this manager's Raft.
 #[derive(Clone, Debug)]
 pub struct RaftSettings {
@@ -95,11 +101,18 @@ impl Default for RaftSettings {
         // to notice a dead leader). openraft's followers refuse votes for a
         // lease of election_timeout_max after the last heartbeat, so the
         // first candidate is often refused and the second round wins:
-        // failover takes up to about two maximum timeouts, here 2 s.
+        // failover takes up to about two maximum timeouts, here 5 s.
+        // openraft also gives every AppendEntries (heartbeat or entries)
+        // one heartbeat interval to answer: at 100 ms, a follower of a
+        // loaded manager (thousands of nodes, 1,000-action entries, a busy
+        // 2-core machine) missed it again and again, re-sent entries piled
+        // up and elections followed every few seconds. 250 ms and
+        // [`MAX_ENTRIES_PER_APPEND`] keep appends answered in time; the
+        // election timeout stays five heartbeats and more.
         RaftSettings {
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1250),
+            election_timeout_max: Duration::from_millis(2500),
             snapshot_interval: 10_000,
             keep_old_snapshots: 0,
         }
@@ -129,6 +142,7 @@ impl RaftSettings {
                 self.snapshot_interval.min(500)
             },
             install_snapshot_timeout: 10_000,
+            max_payload_entries: MAX_ENTRIES_PER_APPEND,
             ..Default::default()
         };
         cfg.validate().map_err(|e| RaftError::Config(e.to_string()))
@@ -186,6 +200,17 @@ mod serde_bytes_compat {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn appends_are_bounded_and_elections_wait_several_heartbeats() {
+        let s = RaftSettings::default();
+        let cfg = s.openraft_config("c").unwrap();
+        assert_eq!(cfg.max_payload_entries, MAX_ENTRIES_PER_APPEND);
+        // openraft's AppendEntries timeout is the heartbeat interval.
+        assert!(cfg.heartbeat_interval >= 250);
+        assert!(cfg.election_timeout_min >= 5 * cfg.heartbeat_interval);
+        assert!(cfg.election_timeout_max >= 2 * cfg.election_timeout_min);
+    }
 
     #[test]
     fn proposals_round_trip_compactly() {

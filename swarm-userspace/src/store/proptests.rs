@@ -94,12 +94,25 @@ fn fresh(kind: Kind, n: u8, name: &str, on: u8, slot: u8) -> Target {
     let id = id(kind, n);
     match kind {
         Kind::Service => Target::Service(service(&id, name)),
-        Kind::Task => Target::Task(task(
-            &id,
-            &format!("service{}", n % 2),
-            u64::from(slot),
-            &node_id(on),
-        )),
+        Kind::Task => {
+            let mut t = task(
+                &id,
+                &format!("service{}", n % 2),
+                u64::from(slot),
+                &node_id(on),
+            );
+            // Updates move tasks between states, for the per-state counts.
+            let state = [
+                pb::TaskState::New,
+                pb::TaskState::Assigned,
+                pb::TaskState::Running,
+            ][usize::from((on + slot) % 3)];
+            t.status = Some(pb::TaskStatus {
+                state: state as i32,
+                ..Default::default()
+            });
+            Target::Task(t)
+        }
         Kind::Node => Target::Node(node(&id, name)),
         Kind::Secret => Target::Secret(secret(&id, name)),
     }
@@ -376,6 +389,17 @@ fn check_indexes(view: &ReadTx) -> Result<(), TestCaseError> {
         let n = node_id(n);
         prop_assert_eq!(ids(view.tasks_by_node(&n)), scan(&|t| t.node_id == n));
     }
+    let mut by_state = std::collections::BTreeMap::<i32, usize>::new();
+    for t in &tasks {
+        *by_state
+            .entry(t.status.as_ref().map_or(0, |s| s.state))
+            .or_default() += 1;
+    }
+    prop_assert_eq!(
+        view.task_state_counts()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        by_state
+    );
     for s in view.list::<pb::Service>() {
         let name = s.name().unwrap_or_default().to_uppercase();
         prop_assert_eq!(

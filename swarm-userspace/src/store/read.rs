@@ -90,6 +90,12 @@ impl ReadTx {
         ObjectKind::ALL.map(|k| (k, self.tables.count(k)))
     }
 
+    /// How many tasks are in each observed state (`TaskState` as i32),
+    /// states without tasks left out; O(number of states).
+    pub fn task_state_counts(&self) -> impl Iterator<Item = (i32, usize)> + '_ {
+        self.tables.task_states.iter().map(|(s, n)| (*s, *n))
+    }
+
     /// Tasks of a service, sorted by slot, then task ID.
     #[must_use]
     pub fn tasks_by_service(&self, service_id: &str) -> Vec<Arc<pb::Task>> {

@@ -111,6 +111,9 @@ pub struct Tables {
     /// (service_id, slot, task_id); also serves lookups by service alone, so
     /// a task write touches two index trees, not three.
     pub(super) tasks_by_slot: OrdSet<(Key, u64, Key)>,
+    /// How many tasks are in each observed state, so metrics need no scan
+    /// of every task.
+    pub(super) task_states: OrdMap<i32, usize>,
 }
 
 impl Indexed for pb::Task {
@@ -126,6 +129,14 @@ impl Indexed for pb::Task {
         let by_node =
             (!task.node_id.is_empty()).then(|| (Key::from(task.node_id.as_str()), Arc::clone(&id)));
         let by_slot = (service, task.slot, id);
+        let state = task.status.as_ref().map_or(0, |s| s.state);
+        let n = t.task_states.get(&state).copied().unwrap_or(0);
+        let n = if add { n + 1 } else { n.saturating_sub(1) };
+        if n == 0 {
+            t.task_states.remove(&state);
+        } else {
+            t.task_states.insert(state, n);
+        }
         if add {
             t.tasks_by_slot.insert(by_slot);
             if let Some(k) = by_node {

@@ -91,20 +91,32 @@ async fn next_wake(
 
 /// Proposes `write`'s actions in chunks of [`MAX_ACTIONS_PER_PROPOSAL`].
 /// `write` adds everything to one transaction (so the checks see earlier
-/// writes); the chunks then go out in order. The caller holds the write
-/// lock, so each chunk applies on the state the next was prepared against.
+/// writes); the chunks then go out in order, several in Raft at once
+/// ([`Proposer::propose_pipelined`](crate::manager::Proposer::propose_pipelined)).
+/// The caller holds the write lock, so each chunk applies on the state the
+/// next was prepared against.
 async fn propose_chunked(
     m: &Manager,
     write: impl FnOnce(&mut WriteTx) -> Result<(), StoreError>,
 ) -> Result<usize, UpdateError> {
     let actions: Vec<pb::StoreAction> = m.store.prepare(write)?;
     let n = actions.len();
+    if n == 0 {
+        return Ok(0);
+    }
+    // Pipelined: the chunks follow each other in the log in this order.
+    m.proposer.propose_pipelined(chunks(actions)).await?;
+    Ok(n)
+}
+
+/// `actions` in chunks of [`MAX_ACTIONS_PER_PROPOSAL`], in order.
+fn chunks(actions: Vec<pb::StoreAction>) -> Vec<Vec<pb::StoreAction>> {
+    let mut out = Vec::with_capacity(actions.len().div_ceil(MAX_ACTIONS_PER_PROPOSAL));
     let mut rest = actions.into_iter().peekable();
     while rest.peek().is_some() {
-        let chunk: Vec<_> = rest.by_ref().take(MAX_ACTIONS_PER_PROPOSAL).collect();
-        m.proposer.propose(chunk).await?;
+        out.push(rest.by_ref().take(MAX_ACTIONS_PER_PROPOSAL).collect());
     }
-    Ok(n)
+    out
 }
 
 /// What one term of leadership of an event-driven leader loop remembers,
@@ -156,5 +168,27 @@ async fn lead<T: Term>(
                 Wake::Items(items) => want = term.wants_pass(&items),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_keep_the_order_and_are_bounded() {
+        let actions: Vec<pb::StoreAction> = (0..2500)
+            .map(|i| pb::StoreAction {
+                kind: i,
+                ..Default::default()
+            })
+            .collect();
+        let c = chunks(actions);
+        assert_eq!(
+            c.iter().map(Vec::len).collect::<Vec<_>>(),
+            [1000, 1000, 500]
+        );
+        let flat: Vec<i32> = c.into_iter().flatten().map(|a| a.kind).collect();
+        assert_eq!(flat, (0..2500).collect::<Vec<_>>());
     }
 }
