@@ -269,3 +269,96 @@ fn published_ports_answer_on_every_node_from_every_replica_with_the_client_addre
         "no request fails while a daemon restarts: {errors:?}"
     );
 }
+
+/// A rolling update under steady load fails no request (tasks leave every
+/// node's backend set before they stop), and a backend whose container is
+/// killed stops getting new connections as soon as its task is reported
+/// failed.
+#[test]
+fn rolling_updates_and_killed_backends_lose_no_requests() {
+    let mut c = cluster(2, Topology::RoutedSubnets);
+    c.add_client_host();
+    let c = c;
+    form(&c, 1, 1);
+    let n1 = c.node(1);
+    wait_all_ready(n1, 2);
+    let (bb1, bb2) = (c.image("bb:1"), c.image("bb:2"));
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--restart-delay",
+        "1s",
+        "-p",
+        "8081:80",
+        &bb1,
+    ])
+    .success();
+    wait_running(&c, "web", 2);
+    let client = c.host(1);
+    let nodes: Vec<Ipv4Addr> = (1..=2).map(|i| c.node(i).addr()).collect();
+    for &n in &nodes {
+        eventually(Duration::from_secs(15), "the mesh answers", || {
+            get(client, n, 8081)
+        });
+    }
+
+    let load = Load::start(client, nodes.clone(), 8081);
+    std::thread::sleep(Duration::from_secs(1));
+    n1.swarm(&[
+        "service",
+        "update",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "0s",
+        "--image",
+        &bb2,
+        "web",
+    ])
+    .success();
+    std::thread::sleep(Duration::from_secs(1));
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 10, "the load ran: {ok} ok");
+    assert_eq!(
+        failed, 0,
+        "no request fails during a rolling update: {errors:?}"
+    );
+
+    // Kill one backend's container: once its task is failed, no request
+    // goes to it (the replacement starts after the restart delay).
+    let tasks = service_ps(n1, "web");
+    let victim = tasks
+        .iter()
+        .find(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
+        .expect("a running task");
+    let id = victim["ID"].as_str().unwrap_or_default().to_owned();
+    let node = (1..=2)
+        .find(|&i| c.node(i).data_root().join("netns").join(&id).exists())
+        .expect("the task's node");
+    let procs = std::path::PathBuf::from(swarm_harness::cleanup::CGROUP_ROOT)
+        .join("pids")
+        .join(format!("{}n{node}", c.cgroup_prefix()))
+        .join(&id)
+        .join("cgroup.procs");
+    for pid in std::fs::read_to_string(&procs).unwrap_or_default().lines() {
+        let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+    }
+    eventually(Duration::from_secs(10), "the killed task is failed", || {
+        service_ps(n1, "web")
+            .iter()
+            .any(|t| t["ID"] == id.as_str() && t["Status"]["State"] == "failed")
+            .then_some(())
+    });
+    // Give every node's balancer the news, then no request may fail.
+    std::thread::sleep(Duration::from_millis(500));
+    let load = Load::start(client, nodes, 8081);
+    std::thread::sleep(Duration::from_secs(3));
+    let (ok, failed, errors) = load.finish();
+    assert!(ok > 5, "the load ran: {ok} ok");
+    assert_eq!(failed, 0, "requests after the backend failed: {errors:?}");
+}
