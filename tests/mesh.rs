@@ -238,6 +238,27 @@ fn published_ports_answer_on_every_node_from_every_replica_with_the_client_addre
     }
     assert_eq!(via_vip, replicas, "the VIP balances over every replica");
 
+    // The balancer's counters are in Prometheus.
+    let sum = |series: &str| -> f64 {
+        (1..=3)
+            .map(|i| {
+                c.node(i)
+                    .in_netns(|| {
+                        let addr: SocketAddr = "127.0.0.1:9323".parse().expect("addr");
+                        swarm_harness::http::get(addr, "/metrics", Duration::from_secs(3))
+                    })
+                    .map(|r| r.body)
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    };
+    assert!(sum("swarm_lb_packets_total{action=\"mesh_new_flow\"}") >= 36.0);
+    assert!(sum("swarm_lb_packets_total{action=\"vip_forward\"}") > 0.0);
+    assert!(sum("swarm_lb_conntrack_capacity") > 0.0);
+
     // Scaling up and down under steady load fails no request.
     let load = Load::start(client, nodes.clone(), 8080);
     std::thread::sleep(Duration::from_secs(1));

@@ -41,6 +41,12 @@ pub struct DatapathLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FrontendLabels {
+    pub frontend: String,
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ActionLabel {
     pub action: String,
 }
@@ -109,6 +115,16 @@ pub struct Metrics {
     /// Overlay frames dropped, by reason.
     pub overlay_drops: Family<ReasonLabel, Counter>,
     pub overlay_endpoints: Family<WhereLabel, Gauge>,
+    /// Load balancer: packets by action and drops by reason.
+    pub lb_packets: Family<ActionLabel, Counter>,
+    pub lb_drops: Family<ReasonLabel, Counter>,
+    /// Per frontend ("<service id>/<vni>") and direction.
+    pub lb_service_packets: Family<FrontendLabels, Counter>,
+    pub lb_service_bytes: Family<FrontendLabels, Counter>,
+    pub lb_conntrack_entries: Gauge,
+    pub lb_conntrack_capacity: Gauge,
+    pub lb_conntrack_expired: Counter,
+    pub lb_backends: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -159,6 +175,14 @@ impl Metrics {
             overlay_bytes: Family::default(),
             overlay_drops: Family::default(),
             overlay_endpoints: Family::default(),
+            lb_packets: Family::default(),
+            lb_drops: Family::default(),
+            lb_service_packets: Family::default(),
+            lb_service_bytes: Family::default(),
+            lb_conntrack_entries: Gauge::default(),
+            lb_conntrack_capacity: Gauge::default(),
+            lb_conntrack_expired: Counter::default(),
+            lb_backends: Gauge::default(),
             registry: Registry::default(),
         };
         r.register_with_unit(
@@ -320,6 +344,47 @@ impl Metrics {
             "overlay_endpoints",
             "Overlay endpoints in the data path's map, local or remote",
             m.overlay_endpoints.clone(),
+        );
+        r.register(
+            "lb_packets",
+            "Packets the eBPF load balancer handled, by action (vip_forward, mesh_forward, mesh_reply, ...)",
+            m.lb_packets.clone(),
+        );
+        r.register(
+            "lb_drops",
+            "Packets the eBPF load balancer dropped, by reason",
+            m.lb_drops.clone(),
+        );
+        r.register(
+            "lb_service_packets",
+            "Packets per service frontend (service/VNI) and direction (to_backend, reply)",
+            m.lb_service_packets.clone(),
+        );
+        r.register_with_unit(
+            "lb_service",
+            "Bytes per service frontend and direction",
+            Unit::Bytes,
+            m.lb_service_bytes.clone(),
+        );
+        r.register(
+            "lb_conntrack_entries",
+            "Tracked connection entries at the last sweep (two per connection)",
+            m.lb_conntrack_entries.clone(),
+        );
+        r.register(
+            "lb_conntrack_capacity",
+            "Capacity of the connection table (pressure = entries / capacity; LRU eviction beyond it)",
+            m.lb_conntrack_capacity.clone(),
+        );
+        r.register(
+            "lb_conntrack_expired",
+            "Connection entries the sweeps removed as expired",
+            m.lb_conntrack_expired.clone(),
+        );
+        r.register(
+            "lb_backends",
+            "Backends programmed in the load balancer",
+            m.lb_backends.clone(),
         );
         Metrics { registry: r, ..m }
     }

@@ -15,7 +15,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ActionLabel, DatapathLabels, KindLabel, MapLabel, ReasonLabel, StateLabel, WhereLabel, metrics,
+    ActionLabel, DatapathLabels, FrontendLabels, KindLabel, MapLabel, ReasonLabel, StateLabel,
+    WhereLabel, metrics,
 };
 use crate::{
     api::server::SharedDataplane,
@@ -187,6 +188,7 @@ pub fn refresh(node: &NodeHandle, dataplane: Option<&SharedDataplane>) {
                         .set(i64::from(map.capacity));
                 }
                 overlay_metrics(&status.overlay);
+                lb_metrics(&status.lb);
             }
             Err(e) => tracing::warn!(error = %e, "reading data plane counters for metrics"),
         }
@@ -299,4 +301,49 @@ fn overlay_metrics(o: &crate::dataplane::OverlayStatus) {
             })
             .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
+}
+
+/// The load balancer's counters and table sizes.
+fn lb_metrics(lb: &crate::dataplane::LbStatus) {
+    let m = metrics();
+    for (action, c) in &lb.actions {
+        m.lb_packets
+            .get_or_create(&ActionLabel {
+                action: (*action).to_string(),
+            })
+            .inner()
+            .store(c.packets, Ordering::Relaxed);
+    }
+    for (reason, c) in &lb.drops {
+        m.lb_drops
+            .get_or_create(&ReasonLabel {
+                reason: (*reason).to_string(),
+            })
+            .inner()
+            .store(c.packets, Ordering::Relaxed);
+    }
+    for (frontend, (to, back)) in &lb.per_service {
+        for (direction, c) in [("to_backend", to), ("reply", back)] {
+            let l = FrontendLabels {
+                frontend: frontend.clone(),
+                direction: direction.to_string(),
+            };
+            m.lb_service_packets
+                .get_or_create(&l)
+                .inner()
+                .store(c.packets, Ordering::Relaxed);
+            m.lb_service_bytes
+                .get_or_create(&l)
+                .inner()
+                .store(c.bytes, Ordering::Relaxed);
+        }
+    }
+    m.lb_conntrack_entries
+        .set(i64::try_from(lb.ct_entries).unwrap_or(i64::MAX));
+    m.lb_conntrack_capacity.set(i64::from(lb.ct_capacity));
+    m.lb_conntrack_expired
+        .inner()
+        .store(lb.ct_expired_total, Ordering::Relaxed);
+    m.lb_backends
+        .set(i64::try_from(lb.backends).unwrap_or(i64::MAX));
 }
