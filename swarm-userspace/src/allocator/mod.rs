@@ -183,6 +183,16 @@ fn publishes_ingress(e: Option<&pb::EndpointSpec>) -> bool {
     })
 }
 
+/// Host-mode ports are served by the node's data plane too (to the local
+/// task's address on ingress), so their tasks join ingress as well.
+fn publishes_host(e: Option<&pb::EndpointSpec>) -> bool {
+    e.is_some_and(|e| {
+        e.ports
+            .iter()
+            .any(|p| p.publish_mode == pb::PublishMode::Host as i32)
+    })
+}
+
 fn is_vip(e: Option<&pb::EndpointSpec>) -> bool {
     e.is_none_or(|e| e.mode == pb::EndpointMode::Vip as i32)
 }
@@ -707,7 +717,7 @@ impl Allocator {
         // (network ID, aliases) in order: ingress first, as docker.
         let mut want: Vec<(String, Vec<String>)> = Vec::new();
         let mut missing = None;
-        if publishes_ingress(espec) {
+        if publishes_ingress(espec) || publishes_host(espec) {
             match ingress {
                 Some(n) => want.push((n.to_owned(), Vec::new())),
                 None => {

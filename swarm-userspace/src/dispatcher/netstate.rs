@@ -48,7 +48,21 @@ pub fn service_network_ids(view: &ReadTx, s: &pb::Service) -> BTreeSet<String> {
             out.insert(id(&*n).to_owned());
         }
     }
+    if publishes(s)
+        && let Some(ingress) = crate::allocator::ingress_network(view)
+    {
+        out.insert(id(&*ingress).to_owned());
+    }
     out
+}
+
+/// Whether a service publishes ports (either mode): its tasks are on the
+/// ingress network.
+pub fn publishes(s: &pb::Service) -> bool {
+    s.spec
+        .as_ref()
+        .and_then(|s| s.endpoint.as_ref())
+        .is_some_and(|e| !e.ports.is_empty())
 }
 
 /// docker's task name: `<service>.<slot>.<task id>`, or the node ID in

@@ -257,6 +257,14 @@ impl Router {
                     if let Some(old) = &e.old {
                         nets.extend(networks_of(old));
                     }
+                    // A publishing service concerns the mesh, i.e. everyone.
+                    let publishing = [Some(&e.object), e.old.as_ref()]
+                        .into_iter()
+                        .flatten()
+                        .any(|o| matches!(o, Object::Service(s) if super::netstate::publishes(s)));
+                    if publishing && let Some(i) = members.ingress.as_deref() {
+                        nets.insert(i);
+                    }
                     let mut nodes: BTreeSet<&str> = BTreeSet::new();
                     for n in nets {
                         if members.ingress.as_deref() == Some(n) {

@@ -284,6 +284,41 @@ impl NetworkAgent {
                     .collect();
                 want.insert(id, (fe, backends));
             }
+            // Host-mode ports: only where a task runs, to the local tasks.
+            let host: Vec<PortMapping> = s
+                .published
+                .iter()
+                .filter(|p| p.host_mode)
+                .map(|p| PortMapping {
+                    proto: match p.proto {
+                        lb::Proto::Tcp => DpProto::Tcp,
+                        lb::Proto::Udp => DpProto::Udp,
+                    },
+                    port: p.published,
+                    target: p.target,
+                })
+                .collect();
+            let local: Vec<Backend> = s
+                .mesh_backends
+                .iter()
+                .filter(|b| b.node.is_none())
+                .filter(|b| st.local.values().flatten().any(|l| l.addr == b.addr))
+                .map(|b| Backend {
+                    addr: b.addr,
+                    draining: b.draining,
+                })
+                .collect();
+            if !host.is_empty() && !local.is_empty() && s.ingress_vni != 0 {
+                let id = format!("{}/host", s.service_id);
+                let fe = ServiceFrontend {
+                    id: id.clone(),
+                    vni: s.ingress_vni,
+                    vip: None,
+                    ports: Vec::new(),
+                    published: host,
+                };
+                want.insert(id, (fe, local));
+            }
         }
         let gone: Vec<String> = st
             .lb
