@@ -624,7 +624,12 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
         .output()
         .map(|o| {
             let s = String::from_utf8_lossy(&o.stdout);
-            s.lines().next().unwrap_or("").to_string()
+            let first = s.lines().next().unwrap_or("");
+            first
+                .split(" Copyright")
+                .next()
+                .unwrap_or(first)
+                .to_string()
         })
         .context("wrk is not installed (apt-get install wrk)")?;
     let (dps, lab) = build()?;
@@ -724,6 +729,13 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             Better::Lower,
         ),
         Row::new(
+            "requests/s, mesh (same node) vs direct",
+            "req/s",
+            local.median_requests_per_s,
+            direct.median_requests_per_s,
+            Better::Higher,
+        ),
+        Row::new(
             "latency p50, mesh (same node) vs direct",
             "ms",
             local.median_p50_ms,
@@ -795,9 +807,32 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             fmt(p.median_our_cpu_s_per_100k, 2),
         ));
     }
+    let pct = |a: Option<f64>, b: Option<f64>| {
+        a.zip(b)
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(a, b)| (a / b - 1.0) * 100.0)
+    };
+    let verdict = |x: Option<f64>, limit: f64| match x {
+        Some(v) if v < limit => "met",
+        Some(_) => "NOT met",
+        None => "n/a",
+    };
+    let lat = pct(mesh.median_p50_ms, direct.median_p50_ms);
+    let lat_local = pct(local.median_p50_ms, direct.median_p50_ms);
+    let cpu = pct(mesh.median_cpu_s_per_100k, nft.median_cpu_s_per_100k);
+    notes.push(format!(
+        "goal check: mesh p50 over direct {} (other node; {} same node) → {}; mesh CPU/100k vs nft DNAT {} → {}",
+        fmt(lat, 1) + "%",
+        fmt(lat_local, 1) + "%",
+        verdict(lat, 10.0),
+        fmt(cpu, 1) + "%",
+        verdict(cpu, 0.0),
+    ));
     notes.extend([
         "CPU s/100k: busy CPU time of the whole machine (/proc/stat) during the run per 100k requests; includes wrk and the backend (the same on every path) and anything else running on this shared machine; Δ direct removes the common part; ours/100k: wrk + this process (backends, proxy) only, without softirq time charged elsewhere".into(),
         "direct: client → router → node B's kernel (a /32 route onto the container veth), no translation; nft: node C (no eBPF) DNAT + masquerade to the same backend; proxy: tokio copy_bidirectional on node C; mesh: XDP/TC on node A, VXLAN to B, replies tunnelled back".into(),
+        "hops: mesh (other node), nft and proxy cross the router twice (client → A or C → B); direct and mesh (same node) once: the mesh (other node) vs direct rows include that extra hop, vs nft/proxy they do not".into(),
+        "p99 is scheduling noise when the machine is loaded (2 CPUs shared with builds): read it with the load below".into(),
     ]);
     info.end(started);
     Ok(Report {
