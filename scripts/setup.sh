@@ -13,12 +13,13 @@ fi
 
 # Debian packages: build deps (libprotobuf-dev carries the well-known
 # google/protobuf/*.proto types protoc imports), kernel tooling, the local
-# registry and image tools, the font benchmark charts are labelled with.
+# registry and image tools, the font benchmark charts are labelled with, wrk
+# (HTTP load for the mesh benchmark).
 APT_PKGS=(
   build-essential pkg-config protobuf-compiler libprotobuf-dev libseccomp-dev
   iproute2 ethtool bpftool tcpdump iputils-ping nftables
   docker-registry skopeo umoci busybox-static tini
-  prometheus curl jq
+  prometheus curl jq wrk
   fonts-dejavu-core
 )
 missing=()

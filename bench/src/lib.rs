@@ -13,6 +13,9 @@
 //! - [`failover`]: leader `kill -9` to the first accepted write, on a
 //!   3-manager swarm of real daemons in network namespaces; baseline is
 //!   docker's Raft timing.
+//! - [`mesh`]: short HTTP requests (wrk) through the routing mesh of
+//!   the eBPF load balancer; baselines are direct access to the backend,
+//!   nftables DNAT and a userspace proxy.
 //! - [`overlay`]: TCP throughput and round trips between containers on two
 //!   nodes over the eBPF/VXLAN overlay; baseline is the same nodes talking
 //!   over the plain underlay.
@@ -32,6 +35,7 @@
 pub mod chart;
 pub mod containers;
 pub mod failover;
+pub mod mesh;
 pub mod overlay;
 pub mod raft;
 pub mod report;

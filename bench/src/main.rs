@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use swarm_bench::{
-    chart, containers, failover, overlay, raft, report::Report, scale, services, stop,
+    chart, containers, failover, mesh, overlay, raft, report::Report, scale, services, stop,
 };
 
 #[derive(Debug, Parser)]
@@ -81,6 +81,19 @@ enum Bench {
         /// Throughput rounds per path (default 5, --quick 1).
         #[arg(long)]
         rounds: Option<usize>,
+    },
+    /// Routing mesh (eBPF load balancer) with short HTTP requests from wrk;
+    /// baselines direct access, nftables DNAT and a userspace proxy.
+    Mesh {
+        /// Seconds per wrk run (default 5, --quick 2).
+        #[arg(long)]
+        seconds: Option<u32>,
+        /// Runs per path, alternating (default 3, --quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// wrk connections (default 16).
+        #[arg(long)]
+        connections: Option<usize>,
     },
     /// Simulated nodes on a 3-manager swarm: join time, heartbeat CPU,
     /// placement throughput, manager memory per task.
@@ -160,7 +173,22 @@ fn main() -> anyhow::Result<()> {
                 &overlay::run(&overlay::OverlayOpts::new(quick, None, None), quick)?,
                 &out,
             )?;
+            finish(
+                &mesh::run(&mesh::MeshOpts::new(quick, None, None, None), quick)?,
+                &out,
+            )?;
         }
+        Bench::Mesh {
+            seconds,
+            rounds,
+            connections,
+        } => finish(
+            &mesh::run(
+                &mesh::MeshOpts::new(quick, seconds, rounds, connections),
+                quick,
+            )?,
+            &out,
+        )?,
         Bench::Overlay { seconds, rounds } => finish(
             &overlay::run(&overlay::OverlayOpts::new(quick, seconds, rounds), quick)?,
             &out,
