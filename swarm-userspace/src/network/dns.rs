@@ -11,12 +11,13 @@
 //! namespace ([`run_in_netns`] uses a thread of its own).
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+use super::netns::run_in_netns;
 
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, PTR};
@@ -407,29 +408,6 @@ pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>, DnsError> {
             path: path.to_owned(),
             source,
         })
-}
-
-/// Runs `f` on a new thread that has joined the network namespace at
-/// `netns` (a bind-mounted nsfs file such as /run/netns/NAME), and returns
-/// its result. Sockets `f` opens stay in that namespace after the thread
-/// ends. Blocks the caller until `f` returns: from async code, call it in
-/// `spawn_blocking` (the pool thread itself never changes namespace).
-pub fn run_in_netns<T, F>(netns: &Path, f: F) -> io::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    let ns = File::open(netns)?;
-    std::thread::Builder::new()
-        .name("netns".into())
-        .spawn(move || {
-            // setns changes only this thread, which ends right after.
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(io::Error::from)?;
-            f()
-        })?
-        .join()
-        .map_err(|_| io::Error::other("the thread inside the network namespace panicked"))?
 }
 
 /// Binds a UDP socket and a TCP listener on `addr` inside the network

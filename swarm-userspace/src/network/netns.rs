@@ -46,27 +46,27 @@ fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetnsError {
     }
 }
 
-/// Runs `f` on a short-lived thread that has joined the network namespace
-/// at `netns`: `setns` changes only the calling thread, and sockets keep
-/// the namespace they were created in.
-pub fn in_netns<T: Send + 'static>(
-    netns: &Path,
-    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Result<T, NetnsError> {
-    let ns = File::open(netns).map_err(io("opening the network namespace", netns))?;
-    let path = netns.to_owned();
-    std::thread::spawn(move || {
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(|e| std::io::Error::from_raw_os_error(e as i32))?;
-        f()
-    })
-    .join()
-    .map_err(|_| NetnsError::Io {
-        op: "a thread in the network namespace panicked in",
-        path: path.clone(),
-        source: std::io::Error::other("panic"),
-    })?
-    .map_err(io("working inside the network namespace", &path))
+/// Runs `f` on a new, short-lived thread that has joined the network
+/// namespace at `netns` (a bind-mounted nsfs file), and returns its result.
+/// `setns` changes only that thread; sockets `f` opens stay in the
+/// namespace after it ends. Blocks the caller until `f` returns: from
+/// async code, call it in `spawn_blocking` (a runtime thread never changes
+/// namespace).
+pub fn run_in_netns<T, F>(netns: &Path, f: F) -> std::io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+{
+    let ns = File::open(netns)?;
+    std::thread::Builder::new()
+        .name("netns".into())
+        .spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            f()
+        })?
+        .join()
+        .map_err(|_| std::io::Error::other("the thread inside the network namespace panicked"))?
 }
 
 /// A netlink handle for the namespace at `netns` (the caller's own when
@@ -76,10 +76,11 @@ pub fn netlink(netns: Option<&Path>) -> Result<Handle, NetnsError> {
         None => rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)
             .map_err(io("opening a netlink socket", Path::new("/")))?,
         Some(p) => {
-            let fd = in_netns(p, || {
+            let fd = run_in_netns(p, || {
                 let s = rtnetlink::sys::Socket::new(rtnetlink::sys::protocols::NETLINK_ROUTE)?;
                 Ok(s.into_raw_fd())
-            })?;
+            })
+            .map_err(io("opening a netlink socket in", p))?;
             // SAFETY: fd was just created by Socket::new and is owned here.
             unsafe { rtnetlink::sys::Socket::from_raw_fd(fd) }
         }
@@ -171,7 +172,8 @@ pub fn host_name(task_id: &str, index: usize) -> String {
     format!("sw{short}{index}")
 }
 
-async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetnsError> {
+/// The index of interface `name` in `handle`'s namespace, if it exists.
+pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetnsError> {
     let links = handle.link().get().match_name(name.to_owned()).execute();
     let mut links = std::pin::pin!(links);
     match links.next().await {
@@ -183,14 +185,9 @@ async fn index_of(handle: &Handle, name: &str) -> Result<Option<u32>, NetnsError
     }
 }
 
-/// The index of interface `name` in `handle`'s namespace, if it exists.
-pub async fn link_index(handle: &Handle, name: &str) -> Result<Option<u32>, NetnsError> {
-    index_of(handle, name).await
-}
-
 /// Brings loopback up inside a namespace.
 pub async fn loopback_up(ns: &Handle) -> Result<(), NetnsError> {
-    let lo = index_of(ns, "lo")
+    let lo = link_index(ns, "lo")
         .await?
         .ok_or_else(|| NetnsError::Netlink {
             op: "bringing loopback up".into(),
@@ -212,7 +209,7 @@ pub async fn add_link(
     netns: &Path,
     link: &Link,
 ) -> Result<u32, NetnsError> {
-    if let Some(idx) = index_of(host, &link.host_name).await? {
+    if let Some(idx) = link_index(host, &link.host_name).await? {
         return Ok(idx);
     }
     let ns_file = File::open(netns).map_err(io("opening the network namespace", netns))?;
@@ -237,13 +234,13 @@ pub async fn add_link(
         .await
         .map_err(nl(format!("creating veth {}", link.host_name)))?;
     drop(ns_fd);
-    let host_idx = index_of(host, &link.host_name)
+    let host_idx = link_index(host, &link.host_name)
         .await?
         .ok_or_else(|| NetnsError::Netlink {
             op: format!("creating veth {}", link.host_name),
             reason: "the host end vanished right after creation".into(),
         })?;
-    let idx = index_of(ns, &link.name)
+    let idx = link_index(ns, &link.name)
         .await?
         .ok_or_else(|| NetnsError::Netlink {
             op: format!("creating {} in the task's namespace", link.name),
@@ -306,7 +303,7 @@ pub async fn host_route(
 
 /// Deletes a host end (its container end goes with it).
 pub async fn del_link(host: &Handle, host_name: &str) -> Result<(), NetnsError> {
-    if let Some(idx) = index_of(host, host_name).await? {
+    if let Some(idx) = link_index(host, host_name).await? {
         host.link()
             .del(idx)
             .execute()
