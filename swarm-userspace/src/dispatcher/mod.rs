@@ -784,12 +784,7 @@ fn is_assigned(t: &pb::Task) -> bool {
 fn is_empty(m: &pb::AssignmentsMessage) -> bool {
     m.updated_tasks.is_empty()
         && m.removed_task_ids.is_empty()
-        && m.updated_networks.is_empty()
-        && m.removed_network_ids.is_empty()
-        && m.updated_peers.is_empty()
-        && m.removed_peers.is_empty()
-        && m.updated_services.is_empty()
-        && m.removed_service_ids.is_empty()
+        && !crate::network::view::has_overlay_state(m)
 }
 
 #[cfg(test)]

@@ -8,29 +8,21 @@
 //! to; a task that is being stopped, or whose healthcheck failed, stays in
 //! the set as draining (its established connections keep working) until it
 //! leaves the view.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use swarm_proto::v1 as pb;
 
 use super::view::{NetView, parse_node_addr};
 use crate::allocator::ipam::parse_cidr_addr;
+use crate::dataplane::{PortMapping, Proto};
 
-/// L4 protocol of a port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
-
-impl Proto {
-    fn of(p: i32) -> Option<Proto> {
-        match pb::PortProtocol::try_from(p) {
-            Ok(pb::PortProtocol::Tcp) => Some(Proto::Tcp),
-            Ok(pb::PortProtocol::Udp) => Some(Proto::Udp),
-            // SCTP is not balanced by the data plane.
-            _ => None,
-        }
+/// The data plane's protocol of a port; SCTP is not balanced.
+fn proto_of(p: i32) -> Option<Proto> {
+    match pb::PortProtocol::try_from(p) {
+        Ok(pb::PortProtocol::Tcp) => Some(Proto::Tcp),
+        Ok(pb::PortProtocol::Udp) => Some(Proto::Udp),
+        _ => None,
     }
 }
 
@@ -55,6 +47,17 @@ pub struct Published {
     pub host_mode: bool,
 }
 
+impl Published {
+    /// As the data plane takes it.
+    pub fn mapping(&self) -> PortMapping {
+        PortMapping {
+            proto: self.proto,
+            port: self.published,
+            target: self.target,
+        }
+    }
+}
+
 /// A VIP on one network: every port of the VIP goes to the same port of a
 /// backend, as docker's VIPs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,11 +79,14 @@ pub struct ServiceLb {
     pub ingress_vni: u32,
 }
 
-fn backends(view: &NetView, service_id: &str, network_id: &str) -> Vec<Backend> {
-    let mut out: Vec<Backend> = view
-        .peers
-        .values()
-        .filter(|p| p.service_id == service_id && p.network_id == network_id)
+/// Peers by (service, network): one pass over the view for all services.
+type PeersBy<'a> = HashMap<(&'a str, &'a str), Vec<&'a pb::NetworkPeer>>;
+
+fn backends(view: &NetView, by: &PeersBy<'_>, service_id: &str, network_id: &str) -> Vec<Backend> {
+    let mut out: Vec<Backend> = by
+        .get(&(service_id, network_id))
+        .into_iter()
+        .flatten()
         .filter(|p| p.state <= pb::TaskState::Running as i32)
         .filter_map(|p| {
             let local = view.own_node.as_deref() == Some(p.node_id.as_str());
@@ -107,6 +113,12 @@ pub fn services(view: &NetView) -> Vec<ServiceLb> {
         .networks
         .iter()
         .find(|(_, n)| n.spec.as_ref().is_some_and(|s| s.ingress));
+    let mut by: PeersBy<'_> = HashMap::new();
+    for p in view.peers.values() {
+        by.entry((p.service_id.as_str(), p.network_id.as_str()))
+            .or_default()
+            .push(p);
+    }
     let mut out = Vec::new();
     let by_id: BTreeMap<&String, &pb::ServiceEndpoints> = view.services.iter().collect();
     for (id, s) in by_id {
@@ -122,7 +134,7 @@ pub fn services(view: &NetView) -> Vec<ServiceLb> {
                 vips.push(VipFrontend {
                     vip,
                     vni: net.vni,
-                    backends: backends(view, id, &v.network_id),
+                    backends: backends(view, &by, id, &v.network_id),
                 });
             }
         }
@@ -132,7 +144,7 @@ pub fn services(view: &NetView) -> Vec<ServiceLb> {
             .filter(|p| p.published_port != 0)
             .filter_map(|p| {
                 Some(Published {
-                    proto: Proto::of(p.protocol)?,
+                    proto: proto_of(p.protocol)?,
                     published: u16::try_from(p.published_port).ok()?,
                     target: u16::try_from(p.target_port).ok()?,
                     host_mode: p.publish_mode == pb::PublishMode::Host as i32,
@@ -140,7 +152,7 @@ pub fn services(view: &NetView) -> Vec<ServiceLb> {
             })
             .collect();
         let (mesh_backends, ingress_vni) = match ingress {
-            Some((nid, n)) if !published.is_empty() => (backends(view, id, nid), n.vni),
+            Some((nid, n)) if !published.is_empty() => (backends(view, &by, id, nid), n.vni),
             _ => (Vec::new(), 0),
         };
         if vips.is_empty() && published.is_empty() {

@@ -77,6 +77,15 @@ pub trait Names: Send + Sync {
     fn detach(&self, task_id: &str);
 }
 
+/// One attachment of a task to prepare, resolved from the view.
+struct Planned {
+    network_id: String,
+    vni: u32,
+    subnet: Ipv4Net,
+    gateway: Ipv4Addr,
+    addr: Ipv4Net,
+}
+
 /// One attachment of a local task.
 #[derive(Clone, Debug)]
 struct LocalLink {
@@ -234,7 +243,7 @@ impl NetworkAgent {
     /// Backends whose endpoint the data path does not know yet (a local
     /// task not attached yet) wait for the next sync.
     fn sync_lb(&self, st: &mut State) {
-        use crate::dataplane::{Backend, PortMapping, Proto as DpProto, ServiceFrontend};
+        use crate::dataplane::{Backend, PortMapping, Proto, ServiceFrontend};
         let mut want: BTreeMap<String, (ServiceFrontend, Vec<Backend>)> = BTreeMap::new();
         for s in lb::services(&st.view) {
             for v in &s.vips {
@@ -243,14 +252,7 @@ impl NetworkAgent {
                     s.published
                         .iter()
                         .filter(|p| !p.host_mode)
-                        .map(|p| PortMapping {
-                            proto: match p.proto {
-                                lb::Proto::Tcp => DpProto::Tcp,
-                                lb::Proto::Udp => DpProto::Udp,
-                            },
-                            port: p.published,
-                            target: p.target,
-                        })
+                        .map(lb::Published::mapping)
                         .collect()
                 } else {
                     Vec::new()
@@ -260,7 +262,7 @@ impl NetworkAgent {
                     vni: v.vni,
                     vip: Some(v.vip),
                     // Every port of the VIP, kept, as docker's VIPs.
-                    ports: [DpProto::Tcp, DpProto::Udp]
+                    ports: [Proto::Tcp, Proto::Udp]
                         .into_iter()
                         .map(|proto| PortMapping {
                             proto,
@@ -289,14 +291,7 @@ impl NetworkAgent {
                 .published
                 .iter()
                 .filter(|p| p.host_mode)
-                .map(|p| PortMapping {
-                    proto: match p.proto {
-                        lb::Proto::Tcp => DpProto::Tcp,
-                        lb::Proto::Udp => DpProto::Udp,
-                    },
-                    port: p.published,
-                    target: p.target,
-                })
+                .map(lb::Published::mapping)
                 .collect();
             let local: Vec<Backend> = s
                 .mesh_backends
@@ -358,11 +353,7 @@ impl NetworkAgent {
         }
         // Replies of mesh connections come back through the VXLAN device
         // even on a node that runs no task: it must be up here too.
-        let port = u16::try_from(st.view.data_path_port)
-            .ok()
-            .filter(|p| *p != 0)
-            .unwrap_or(DEFAULT_VXLAN_PORT);
-        if let Err(e) = self.overlay.start(port) {
+        if let Err(e) = self.overlay.start(st.view.vxlan_port()) {
             tracing::warn!(error = %e, "cannot start the overlay for the routing mesh");
             return;
         }
@@ -412,11 +403,8 @@ impl NetworkAgent {
         let port;
         {
             let st = lock(&self.state);
-            port = u16::try_from(st.view.data_path_port)
-                .ok()
-                .filter(|p| *p != 0)
-                .unwrap_or(DEFAULT_VXLAN_PORT);
-            for (i, a) in atts.iter().enumerate() {
+            port = st.view.vxlan_port();
+            for a in &atts {
                 let net = st
                     .view
                     .networks
@@ -434,7 +422,13 @@ impl NetworkAgent {
                             network: a.network_id.clone(),
                             addr: a.addresses[0].clone(),
                         })?;
-                plan.push((a.network_id.clone(), net.vni, subnet, gateway, addr, i));
+                plan.push(Planned {
+                    network_id: a.network_id.clone(),
+                    vni: net.vni,
+                    subnet,
+                    gateway,
+                    addr,
+                });
             }
         }
         let mtu = self.overlay.start(port).map_err(NetworkError::Overlay)?;
@@ -445,34 +439,33 @@ impl NetworkAgent {
         let ns = netns::netlink(Some(&path))?;
         netns::loopback_up(&ns).await?;
         let mut links = Vec::new();
-        for (network_id, vni, subnet, gateway, addr, i) in &plan {
+        for (i, p) in plan.iter().enumerate() {
             let link = netns::Link {
-                host_name: netns::host_name(&task_id, *i),
+                host_name: netns::host_name(&task_id, i),
                 name: format!("eth{i}"),
-                mac: container_mac(addr.addr()),
-                addr: *addr,
-                gateway: *gateway,
+                mac: container_mac(p.addr.addr()),
+                addr: p.addr,
+                gateway: p.gateway,
                 mtu,
-                default_route: *i == 0,
+                default_route: i == 0,
             };
             let idx = netns::add_link(&host, &ns, &path, &link).await?;
-            netns::host_route(&host, idx, addr.addr(), link.mac).await?;
+            netns::host_route(&host, idx, p.addr.addr(), link.mac).await?;
             self.overlay
-                .set_network(*vni, *subnet, *gateway)
+                .set_network(p.vni, p.subnet, p.gateway)
                 .map_err(NetworkError::Overlay)?;
             self.overlay
-                .set_local(*vni, addr.addr(), idx, link.mac)
+                .set_local(p.vni, p.addr.addr(), idx, link.mac)
                 .map_err(NetworkError::Overlay)?;
             links.push(LocalLink {
                 host_name: link.host_name,
-                addr: addr.addr(),
+                addr: p.addr.addr(),
             });
-            let _ = network_id;
         }
         {
             let mut st = lock(&self.state);
-            for (_, vni, ..) in &plan {
-                st.networks.insert(*vni);
+            for p in &plan {
+                st.networks.insert(p.vni);
             }
             for l in &links {
                 st.remote.remove(&l.addr);
@@ -484,7 +477,7 @@ impl NetworkAgent {
         self.sync_egress().await;
         let mut nameserver = None;
         if let Some(names) = &self.names {
-            let networks: Vec<String> = plan.iter().map(|p| p.0.clone()).collect();
+            let networks: Vec<String> = plan.into_iter().map(|p| p.network_id).collect();
             names
                 .attach(&task_id, &path, networks)
                 .await
@@ -583,10 +576,14 @@ impl TaskNetworks for NetworkAgent {
         let first_full = {
             let mut st = lock(&self.state);
             st.view.apply(m);
-            self.sync_overlay(&mut st);
-            self.sync_mesh(&mut st);
-            if let Some(names) = &self.names {
-                names.set_view(&st.view);
+            // Most messages carry task changes only: the data path, mesh
+            // and names follow the overlay state, so they are left alone.
+            if full || view::has_overlay_state(m) {
+                self.sync_overlay(&mut st);
+                self.sync_mesh(&mut st);
+                if let Some(names) = &self.names {
+                    names.set_view(&st.view);
+                }
             }
             let first = full && !st.cleaned;
             if first {

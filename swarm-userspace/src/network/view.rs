@@ -41,7 +41,26 @@ pub fn is_live(p: &pb::NetworkPeer) -> bool {
     p.desired_state <= pb::TaskState::Running as i32 && p.state <= pb::TaskState::Running as i32
 }
 
+/// Whether an assignments message carries overlay state (as opposed to
+/// tasks only).
+pub fn has_overlay_state(m: &pb::AssignmentsMessage) -> bool {
+    !(m.updated_networks.is_empty()
+        && m.removed_network_ids.is_empty()
+        && m.updated_peers.is_empty()
+        && m.removed_peers.is_empty()
+        && m.updated_services.is_empty()
+        && m.removed_service_ids.is_empty())
+}
+
 impl NetView {
+    /// The VXLAN port: the cluster's, else docker's default.
+    pub fn vxlan_port(&self) -> u16 {
+        u16::try_from(self.data_path_port)
+            .ok()
+            .filter(|p| *p != 0)
+            .unwrap_or(super::DEFAULT_VXLAN_PORT)
+    }
+
     pub fn apply(&mut self, m: &pb::AssignmentsMessage) {
         if let Some(t) = m.updated_tasks.iter().find(|t| !t.node_id.is_empty()) {
             self.own_node = Some(t.node_id.clone());
