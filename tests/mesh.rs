@@ -134,6 +134,18 @@ impl Load {
     }
 }
 
+/// Known gap (issue 7 stays open): around backend changes and daemon
+/// restarts, a rare new connection fails. Prints what the load saw and
+/// allows at most `percent`% failures.
+fn assert_few_failed(what: &str, (ok, failed, errors): (u64, u64, &[String]), percent: u64) {
+    eprintln!("{what}: {ok} ok, {failed} failed: {errors:?}");
+    assert!(
+        failed * 100 <= percent * (ok + failed),
+        "{what}: {failed} of {} failed: {errors:?}",
+        ok + failed
+    );
+}
+
 #[test]
 fn published_ports_answer_on_every_node_from_every_replica_with_the_client_address() {
     let mut c = cluster(3, Topology::RoutedSubnets);
@@ -206,24 +218,12 @@ fn published_ports_answer_on_every_node_from_every_replica_with_the_client_addre
     // The VIP from another service's container balances over both.
     let probe: Vec<Value> = service_ps(n1, "probe");
     let probe_id = probe[0]["ID"].as_str().unwrap_or_default().to_owned();
-    let probe_node = (1..=3)
-        .find(|&i| c.node(i).data_root().join("netns").join(&probe_id).exists())
-        .expect("the probe's node");
+    let probe_node = netns_node(&c, &probe_id).expect("the probe's node");
     let mut via_vip = BTreeSet::new();
     // By name, through the embedded DNS and the VIP, inside the container.
-    let pid = std::fs::read_to_string(
-        std::path::PathBuf::from(swarm_harness::cleanup::CGROUP_ROOT)
-            .join("pids")
-            .join(format!("{}n{probe_node}", c.cgroup_prefix()))
-            .join(&probe_id)
-            .join("cgroup.procs"),
-    )
-    .unwrap_or_default()
-    .lines()
-    .next()
-    .unwrap_or_default()
-    .trim()
-    .to_owned();
+    let pid = container_pid(&c, probe_node, &probe_id)
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     for _ in 0..16 {
         let out = cmd::run(
             Command::new("nsenter").args([
@@ -247,22 +247,7 @@ fn published_ports_answer_on_every_node_from_every_replica_with_the_client_addre
     assert_eq!(via_vip, replicas, "the VIP balances over every replica");
 
     // The balancer's counters are in Prometheus.
-    let sum = |series: &str| -> f64 {
-        (1..=3)
-            .map(|i| {
-                c.node(i)
-                    .in_netns(|| {
-                        let addr: SocketAddr = "127.0.0.1:9323".parse().expect("addr");
-                        swarm_harness::http::get(addr, "/metrics", Duration::from_secs(3))
-                    })
-                    .map(|r| r.body)
-                    .unwrap_or_default()
-                    .lines()
-                    .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-                    .unwrap_or(0.0)
-            })
-            .sum()
-    };
+    let sum = |series: &str| -> f64 { (1..=3).map(|i| metric(c.node(i), series)).sum() };
     assert!(sum("swarm_lb_packets_total{action=\"mesh_new_flow\"}") >= 36.0);
     assert!(sum("swarm_lb_packets_total{action=\"vip_forward\"}") > 0.0);
     assert!(sum("swarm_lb_conntrack_capacity") > 0.0);
@@ -280,14 +265,7 @@ fn published_ports_answer_on_every_node_from_every_replica_with_the_client_addre
     std::thread::sleep(Duration::from_secs(2));
     let (ok, failed, errors) = load.finish();
     assert!(ok > 10, "the load ran: {ok} ok");
-    // The known gap again (see the daemon restart below): tolerated up to
-    // 1%, printed.
-    eprintln!("no request fails while scaling: {ok} ok, {failed} failed: {errors:?}");
-    assert!(
-        failed * 100 <= ok + failed,
-        "no request fails while scaling: {failed} of {} failed: {errors:?}",
-        ok + failed
-    );
+    assert_few_failed("no request fails while scaling", (ok, failed, &errors), 1);
 
     // A daemon killed with -9 under load: its node's programs stay
     // attached (pinned), requests keep succeeding, and it comes back.
@@ -300,15 +278,11 @@ fn published_ports_answer_on_every_node_from_every_replica_with_the_client_addre
     std::thread::sleep(Duration::from_secs(3));
     let (ok, failed, errors) = load.finish();
     assert!(ok > 10, "the load ran: {ok} ok");
-    // Known gap (issue 7 stays open): under fast load, one or two new
-    // connections out of hundreds time out here. Tolerated up to 1%, and
-    // printed, until it is fixed.
-    eprintln!("no request fails while a daemon restarts: {ok} ok, {failed} failed: {errors:?}");
     // Around the restart itself up to 3% (seen: 2 of 103).
-    assert!(
-        failed * 100 <= 3 * (ok + failed),
-        "no request fails while a daemon restarts: {failed} of {} failed: {errors:?}",
-        ok + failed
+    assert_few_failed(
+        "no request fails while a daemon restarts",
+        (ok, failed, &errors),
+        3,
     );
 }
 
@@ -368,9 +342,7 @@ fn rolling_updates_and_killed_backends_lose_no_requests() {
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let on = (1..=2)
-        .find(|&i| c.node(i).data_root().join("netns").join(&hostp_id).exists())
-        .expect("hostp's node");
+    let on = netns_node(&c, &hostp_id).expect("hostp's node");
     let (answered, _) = eventually(Duration::from_secs(15), "the host port answers", || {
         get(client, c.node(on).addr(), 8082)
     });
@@ -398,14 +370,10 @@ fn rolling_updates_and_killed_backends_lose_no_requests() {
     std::thread::sleep(Duration::from_secs(1));
     let (ok, failed, errors) = load.finish();
     assert!(ok > 10, "the load ran: {ok} ok");
-    // Known gap (issue 7 stays open): under fast load, one or two new
-    // connections out of hundreds time out here. Tolerated up to 1%, and
-    // printed, until it is fixed.
-    eprintln!("no request fails during a rolling update: {ok} ok, {failed} failed: {errors:?}");
-    assert!(
-        failed * 100 <= ok + failed,
-        "no request fails during a rolling update: {failed} of {} failed: {errors:?}",
-        ok + failed
+    assert_few_failed(
+        "no request fails during a rolling update",
+        (ok, failed, &errors),
+        1,
     );
 
     // Kill one backend's container: once its task is failed, no request
@@ -416,9 +384,7 @@ fn rolling_updates_and_killed_backends_lose_no_requests() {
         .find(|t| t["DesiredState"] == "running" && t["Status"]["State"] == "running")
         .expect("a running task");
     let id = victim["ID"].as_str().unwrap_or_default().to_owned();
-    let node = (1..=2)
-        .find(|&i| c.node(i).data_root().join("netns").join(&id).exists())
-        .expect("the task's node");
+    let node = netns_node(&c, &id).expect("the task's node");
     let procs = std::path::PathBuf::from(swarm_harness::cleanup::CGROUP_ROOT)
         .join("pids")
         .join(format!("{}n{node}", c.cgroup_prefix()))
@@ -439,11 +405,5 @@ fn rolling_updates_and_killed_backends_lose_no_requests() {
     std::thread::sleep(Duration::from_secs(4));
     let (ok, failed, errors) = load.finish();
     assert!(ok >= 3, "the load ran: {ok} ok");
-    // Same known gap as above: tolerated up to 1%, printed.
-    eprintln!("after the backend failed: {ok} ok, {failed} failed: {errors:?}");
-    assert!(
-        failed * 100 <= ok + failed,
-        "after the backend failed: {failed} of {} failed: {errors:?}",
-        ok + failed
-    );
+    assert_few_failed("after the backend failed", (ok, failed, &errors), 1);
 }

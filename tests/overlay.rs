@@ -7,14 +7,13 @@
 //! 1400-byte payloads crossing without fragmentation.
 mod support;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 use swarm_harness::cmd::{self, CmdOutput};
-use swarm_harness::{Cluster, Topology, cleanup};
+use swarm_harness::{Cluster, Topology};
 
 /// A running task: its ID, the node (1-based) it runs on, its address.
 #[derive(Clone, Debug)]
@@ -66,19 +65,8 @@ fn running(c: &Cluster, service: &str, count: usize) -> Vec<Placed> {
 
 /// A process of the task's container (from its cgroup).
 fn pid_of(c: &Cluster, t: &Placed) -> u32 {
-    let procs = PathBuf::from(cleanup::CGROUP_ROOT)
-        .join("pids")
-        .join(format!("{}n{}", c.cgroup_prefix(), t.node))
-        .join(&t.id)
-        .join("cgroup.procs");
     eventually(Duration::from_secs(10), "the container's pid", || {
-        std::fs::read_to_string(&procs)
-            .ok()?
-            .lines()
-            .next()?
-            .trim()
-            .parse()
-            .ok()
+        container_pid(c, t.node, &t.id)
     })
 }
 
@@ -116,21 +104,6 @@ fn page_host(out: &CmdOutput) -> String {
         .find_map(|l| l.strip_prefix("hostname="))
         .unwrap_or_default()
         .to_owned()
-}
-
-/// The value of one series in node `i`'s Prometheus metrics (0 if absent).
-fn metric(c: &Cluster, i: usize, series: &str) -> f64 {
-    let body = c
-        .node(i)
-        .in_netns(|| {
-            let addr: std::net::SocketAddr = "127.0.0.1:9323".parse().expect("addr");
-            swarm_harness::http::get(addr, "/metrics", Duration::from_secs(3))
-        })
-        .map(|r| r.body)
-        .unwrap_or_default();
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// The A records `nslookup NAME` printed (busybox format), sorted.
@@ -353,19 +326,17 @@ fn tasks_on_an_overlay_talk_across_routed_nodes_by_address_and_name() {
     // the others sent it, node 1 dropped iso's attempts.
     assert!(
         metric(
-            &c,
-            2,
+            c.node(2),
             "swarm_overlay_packets_total{action=\"decapsulated\"}"
         ) > 0.0
     );
     assert!(
         metric(
-            &c,
-            1,
+            c.node(1),
             "swarm_overlay_packets_total{action=\"encapsulated\"}"
         ) > 0.0
     );
-    assert!(metric(&c, 1, "swarm_overlay_drops_total{reason=\"isolation\"}") > 0.0);
+    assert!(metric(c.node(1), "swarm_overlay_drops_total{reason=\"isolation\"}") > 0.0);
 
     // Containers reach hosts outside the swarm, masqueraded to their
     // node's address (docker's gwbridge behaviour).

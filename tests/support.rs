@@ -165,3 +165,41 @@ pub fn leader_index(ls: &[Value]) -> usize {
         .and_then(|i| i.parse().ok())
         .expect("hostname node-N")
 }
+
+/// The value of one series in node `n`'s Prometheus metrics (its default
+/// `--metrics-addr`, 127.0.0.1:9323 in the node's namespace); 0 if absent.
+pub fn metric(n: &Node, series: &str) -> f64 {
+    n.in_netns(|| {
+        let addr: std::net::SocketAddr = "127.0.0.1:9323".parse().expect("addr");
+        swarm_harness::http::get(addr, "/metrics", Duration::from_secs(3))
+    })
+    .map(|r| r.body)
+    .unwrap_or_default()
+    .lines()
+    .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    .unwrap_or(0.0)
+}
+
+/// The node (1-based) whose data root holds task `task_id`'s network
+/// namespace, i.e. where a task on an overlay network runs.
+pub fn netns_node(c: &Cluster, task_id: &str) -> Option<usize> {
+    (1..=c.nodes().len()).find(|&i| c.node(i).data_root().join("netns").join(task_id).exists())
+}
+
+/// A process of task `task_id`'s container on node `node` (from its pids
+/// cgroup under the node's `--cgroup-parent`).
+pub fn container_pid(c: &Cluster, node: usize, task_id: &str) -> Option<u32> {
+    std::fs::read_to_string(
+        std::path::Path::new(swarm_harness::cleanup::CGROUP_ROOT)
+            .join("pids")
+            .join(format!("{}n{node}", c.cgroup_prefix()))
+            .join(task_id)
+            .join("cgroup.procs"),
+    )
+    .ok()?
+    .lines()
+    .next()?
+    .trim()
+    .parse()
+    .ok()
+}
