@@ -114,37 +114,43 @@ impl OverlayLab {
         for i in 0..nodes {
             let (addr, gw) = underlay(i)?;
             let ns = Netns::create_unique(&format!("ovn{i}"))?;
-            let rdev = format!("rn{i}");
-            ip(
-                &lab.router,
-                &[
-                    "link",
-                    "add",
-                    &rdev,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    "eth0",
-                    "netns",
-                    ns.name(),
-                ],
-            )?;
-            ip(
-                &lab.router,
-                &["addr", "add", &format!("{gw}/24"), "dev", &rdev],
-            )?;
-            ip(&lab.router, &["link", "set", &rdev, "up"])?;
-            ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-            ip(&ns, &["link", "set", "eth0", "up"])?;
-            ip(&ns, &["route", "add", "default", "via", &gw.to_string()])?;
-            if !offload {
-                ethtool_tx_off(&lab.router, &rdev)?;
-                ethtool_tx_off(&ns, "eth0")?;
-            }
+            lab.wire(&ns, &format!("rn{i}"), addr, gw)?;
             lab.nodes.push(LabNode { ns, addr });
         }
         Ok(lab)
+    }
+
+    /// Connects `ns` to the router: a veth (`rdev` on the router, `eth0`
+    /// in `ns`), `addr`/24 with the router at `gw`, default route via it.
+    fn wire(&self, ns: &Netns, rdev: &str, addr: Ipv4Addr, gw: Ipv4Addr) -> anyhow::Result<()> {
+        ip(
+            &self.router,
+            &[
+                "link",
+                "add",
+                rdev,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ns.name(),
+            ],
+        )?;
+        ip(
+            &self.router,
+            &["addr", "add", &format!("{gw}/24"), "dev", rdev],
+        )?;
+        ip(&self.router, &["link", "set", rdev, "up"])?;
+        ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
+        ip(ns, &["link", "set", "eth0", "up"])?;
+        ip(ns, &["route", "add", "default", "via", &gw.to_string()])?;
+        if !self.offload {
+            ethtool_tx_off(&self.router, rdev)?;
+            ethtool_tx_off(ns, "eth0")?;
+        }
+        Ok(())
     }
 
     /// Adds a host outside the swarm behind the router (address
@@ -160,34 +166,7 @@ impl OverlayLab {
             Ipv4Addr::new(100, 64, third, 1),
         );
         let ns = Netns::create_unique(&format!("ovh{i}"))?;
-        let rdev = format!("rh{i}");
-        ip(
-            &self.router,
-            &[
-                "link",
-                "add",
-                &rdev,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ],
-        )?;
-        ip(
-            &self.router,
-            &["addr", "add", &format!("{gw}/24"), "dev", &rdev],
-        )?;
-        ip(&self.router, &["link", "set", &rdev, "up"])?;
-        ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"])?;
-        ip(&ns, &["link", "set", "eth0", "up"])?;
-        ip(&ns, &["route", "add", "default", "via", &gw.to_string()])?;
-        if !self.offload {
-            ethtool_tx_off(&self.router, &rdev)?;
-            ethtool_tx_off(&ns, "eth0")?;
-        }
+        self.wire(&ns, &format!("rh{i}"), addr, gw)?;
         self.hosts.push(LabNode { ns, addr });
         Ok(i)
     }
