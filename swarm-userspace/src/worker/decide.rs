@@ -281,15 +281,6 @@ pub fn task_id(task: &pb::Task) -> &str {
         .unwrap_or_default()
 }
 
-/// The network namespace of a task's container. Networks arrive as IDs of
-/// overlay network objects, and the spec has no way to say "host" (docker
-/// attaches to a `host` network object, which this store does not have):
-/// until overlay networks are wired, every task gets its own namespace with
-/// loopback only.
-pub fn network_mode(_task: &pb::Task) -> NetworkMode {
-    NetworkMode::Isolated
-}
-
 /// The container spec of a task, with the labels added.
 pub fn container_spec(task: &pb::Task) -> Option<pb::ContainerSpec> {
     let mut c = task.spec.as_ref()?.container.clone()?;
@@ -309,7 +300,9 @@ pub fn container_config(
         image,
         spec: container_spec(task)?,
         resources: task.spec.as_ref().and_then(|s| s.resources),
-        network: network_mode(task),
+        // Loopback only; a task on overlay networks gets the namespace the
+        // node's networking prepared instead (see `task::prepare`).
+        network: NetworkMode::Isolated,
         addresses: Vec::new(),
         nameserver: None,
     })
