@@ -506,22 +506,26 @@ pub enum LbCounter {
     /// A tracked entry was missing mid-connection (expired or evicted: map
     /// pressure); the packet was balanced as a new flow.
     CtMissMidFlow = 7,
+    /// A tracked connection's backend is gone (its task was removed): the
+    /// packet was balanced afresh, so a datagram flow moves on and a TCP
+    /// client gets a reset instead of silence.
+    CtBackendGone = 8,
     /// Dropped: the service has no backend taking new connections.
-    DropNoBackend = 8,
+    DropNoBackend = 9,
     /// Dropped: a VIP of another network.
-    DropIsolation = 9,
+    DropIsolation = 10,
     /// Dropped: the connection tracking table refused the entry.
-    DropCtFull = 10,
+    DropCtFull = 11,
     /// Dropped: a checksum or header rewrite failed.
-    DropRewrite = 11,
+    DropRewrite = 12,
     /// Dropped: no route or neighbour for a mesh reply.
-    DropNoRoute = 12,
+    DropNoRoute = 13,
     /// Dropped: the chosen backend is not an overlay endpoint here.
-    DropUnknownBackend = 13,
+    DropUnknownBackend = 14,
 }
 
 impl LbCounter {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
 
     pub const ALL: [LbCounter; Self::COUNT as usize] = [
         LbCounter::VipNewFlow,
@@ -532,6 +536,7 @@ impl LbCounter {
         LbCounter::MeshReply,
         LbCounter::MeshTunnelBack,
         LbCounter::CtMissMidFlow,
+        LbCounter::CtBackendGone,
         LbCounter::DropNoBackend,
         LbCounter::DropIsolation,
         LbCounter::DropCtFull,
@@ -554,6 +559,7 @@ impl LbCounter {
             LbCounter::MeshReply => "mesh_reply",
             LbCounter::MeshTunnelBack => "mesh_tunnel_back",
             LbCounter::CtMissMidFlow => "ct_miss_mid_flow",
+            LbCounter::CtBackendGone => "ct_backend_gone",
             LbCounter::DropNoBackend => "no_backend",
             LbCounter::DropIsolation => "isolation",
             LbCounter::DropCtFull => "ct_full",

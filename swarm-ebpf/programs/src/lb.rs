@@ -24,7 +24,7 @@ use aya_ebpf::{
 };
 use swarm_ebpf_common::{
     CT_FIN_ORIG, CT_FIN_REPLY, CT_REFRESH_NS, CT_REPLIED, CT_RST, CtKey, CtKind, CtValue,
-    FRONTEND_MESH, FrontendKey, FrontendValue, IPPROTO_TCP, IPPROTO_UDP, LB_CT_MAX,
+    EndpointValue, FRONTEND_MESH, FrontendKey, FrontendValue, IPPROTO_TCP, IPPROTO_UDP, LB_CT_MAX,
     LB_FRONTENDS_MAX, LB_MAGLEV_SIZE, LB_MAX_SERVICES, LbCounter, MeshConfig, OverlayCounter,
     PacketCounter,
 };
@@ -275,8 +275,9 @@ fn touch(e: *mut CtValue, flags: u8) {
     }
 }
 
-/// The backend of a connection to service `fe`: the tracked one, or a new
-/// pick recorded both ways. `reply_nat` is what replies' source becomes.
+/// The backend of a connection to service `fe` and its overlay endpoint:
+/// the tracked one while its endpoint exists, or a new pick recorded both
+/// ways. `reply_nat` is what replies' source becomes.
 #[inline(always)]
 fn backend_for(
     l4: &L4,
@@ -286,13 +287,20 @@ fn backend_for(
     reply_nat: ([u8; 4], [u8; 2]),
     new_flow: LbCounter,
     len: u32,
-) -> Result<[u8; 4], i32> {
+) -> Result<([u8; 4], EndpointValue), i32> {
     if let Some(e) = CT.get_ptr_mut(l4.key) {
         // SAFETY: value pointer from a lookup, valid for this run.
         let (kind, addr) = unsafe { ((*e).kind, (*e).nat_addr) };
         if kind == fwd_kind as u8 && !l4.is_tcp_syn() {
-            touch(e, l4.ct_flags(false));
-            return Ok(addr);
+            // A draining backend keeps its endpoint (and its connections)
+            // until its task is gone; after that, staying pinned would
+            // black-hole the flow until it idles out, which a datagram
+            // flow that keeps sending never does.
+            if let Some(ep) = overlay::endpoint(addr) {
+                touch(e, l4.ct_flags(false));
+                return Ok((addr, ep));
+            }
+            count(LbCounter::CtBackendGone, len);
         }
         // A new connection reusing an old tuple: balance it afresh.
     } else if l4.key.proto == IPPROTO_TCP && !l4.is_tcp_syn() {
@@ -300,6 +308,9 @@ fn backend_for(
     }
     let Some(backend) = pick(fe.slot, &l4.key) else {
         return Err(drop_pkt(LbCounter::DropNoBackend, len));
+    };
+    let Some(ep) = overlay::endpoint(backend) else {
+        return Err(drop_pkt(LbCounter::DropUnknownBackend, len));
     };
     let now = now_ns();
     let fwd = CtValue {
@@ -337,14 +348,19 @@ fn backend_for(
         return Err(drop_pkt(LbCounter::DropCtFull, len));
     }
     count(new_flow, len);
-    Ok(backend)
+    Ok((backend, ep))
 }
 
 /// Container → VIP, at the client's host veth: translates the destination
 /// to the connection's backend. `Ok(None)`: not a VIP (route as is);
-/// `Ok(Some(backend))`: translated; `Err(verdict)`: dropped.
+/// `Ok(Some(backend's endpoint))`: translated; `Err(verdict)`: dropped.
 #[inline(always)]
-pub fn vip_forward(ctx: &TcContext, vni: u32, l4: &L4, len: u32) -> Result<Option<[u8; 4]>, i32> {
+pub fn vip_forward(
+    ctx: &TcContext,
+    vni: u32,
+    l4: &L4,
+    len: u32,
+) -> Result<Option<EndpointValue>, i32> {
     let fk = FrontendKey {
         addr: l4.key.dst,
         port: l4.key.dport,
@@ -368,7 +384,7 @@ pub fn vip_forward(ctx: &TcContext, vni: u32, l4: &L4, len: u32) -> Result<Optio
     if fe.vni != vni {
         return Err(drop_pkt(LbCounter::DropIsolation, len));
     }
-    let backend = backend_for(
+    let (backend, ep) = backend_for(
         l4,
         &fe,
         CtKind::VipForward,
@@ -382,7 +398,26 @@ pub fn vip_forward(ctx: &TcContext, vni: u32, l4: &L4, len: u32) -> Result<Optio
     }
     count(LbCounter::VipForward, len);
     count_service(fe.slot, false, len);
-    Ok(Some(backend))
+    Ok(Some(ep))
+}
+
+/// A container's packet straight to another container's address (no VIP):
+/// a VIP reply entry under the same tuple is left over from an earlier
+/// connection through the VIP from the same client port, and would give
+/// this connection's replies the VIP as their source. New connections only
+/// (TCP SYN, any datagram): established ones already removed it.
+#[inline(always)]
+pub fn direct_flow(l4: &L4) {
+    if l4.key.proto == IPPROTO_TCP && !l4.is_tcp_syn() {
+        return;
+    }
+    let rev = l4.key.reversed();
+    if let Some(e) = CT.get_ptr(rev)
+        // SAFETY: value pointer from a lookup, valid for this run.
+        && unsafe { (*e).kind } == CtKind::VipReply as u8
+    {
+        let _ = CT.remove(rev);
+    }
 }
 
 /// Backend → container, just before delivery into the container: a reply
@@ -454,19 +489,35 @@ pub fn mesh_reply(ctx: &TcContext, l4: &L4, from_tunnel: bool, len: u32) -> Opti
 /// On the backend's node, a mesh packet arriving through the tunnel from
 /// ingress node `node` (source outside every overlay subnet): remember to
 /// send the replies back through that node.
+///
+/// The packet itself is the truth about the way its connection came in: a
+/// reply entry of any other kind or node under the same tuple is left over
+/// from an earlier connection (clients reuse a port towards another node's
+/// address) and is replaced. Keeping it would send this connection's
+/// replies out through the wrong node, where the client drops them.
 #[inline(always)]
 pub fn mesh_remember_ingress(l4: &L4, node: [u8; 4], vni: u32) {
     let rev = l4.key.reversed();
     if let Some(e) = CT.get_ptr_mut(rev) {
         // SAFETY: value pointer from a lookup, valid for this run.
-        let (kind, known) = unsafe { ((*e).kind, (*e).node) };
-        if kind == CtKind::MeshTunnelBack as u8 && known == node && !l4.is_tcp_syn() {
+        let old = unsafe { *e };
+        if old.kind == CtKind::MeshTunnelBack as u8 && old.node == node && !l4.is_tcp_syn() {
             touch(e, l4.ct_flags(false));
             return;
         }
-        if kind != CtKind::MeshTunnelBack as u8 {
-            // This node's own mesh entry (it is the ingress node): keep it.
-            return;
+        if old.kind == CtKind::MeshReply as u8 {
+            // The earlier connection came in through this node: its
+            // forward entry goes too, so that a datagram flow through this
+            // node again is balanced afresh and sets its own reply entry.
+            let fwd = CtKey {
+                src: rev.dst,
+                dst: old.nat_addr,
+                sport: rev.dport,
+                dport: old.nat_port,
+                proto: rev.proto,
+                _pad: [0; 3],
+            };
+            let _ = CT.remove(fwd);
         }
     }
     let v = CtValue {
@@ -515,7 +566,7 @@ pub fn swarm_lb_mesh_ingress(ctx: TcContext) -> i32 {
     };
     // SAFETY: value pointer from a lookup, valid for this run.
     let fe = unsafe { *fe };
-    let backend = match backend_for(
+    let (backend, ep) = match backend_for(
         &l4,
         &fe,
         CtKind::MeshForward,
@@ -530,9 +581,6 @@ pub fn swarm_lb_mesh_ingress(ctx: TcContext) -> i32 {
     if !rewrite(&ctx, &l4, true, backend, fe.target_port) {
         return drop_pkt(LbCounter::DropRewrite, len);
     }
-    let Some(ep) = overlay::endpoint(backend) else {
-        return drop_pkt(LbCounter::DropUnknownBackend, len);
-    };
     count(LbCounter::MeshForward, len);
     count_service(fe.slot, false, len);
     if ep.is_local() {

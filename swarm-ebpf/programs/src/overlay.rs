@@ -213,27 +213,34 @@ fn route_ipv4(ctx: &TcContext, iface: &IfaceValue, len: u32) -> i32 {
     if (len as usize) < IP_MIN_END {
         return drop_frame(OverlayCounter::DropMalformed, len);
     }
-    let Ok(mut dst) = ctx.load::<[u8; 4]>(IP_DST) else {
+    let Ok(dst) = ctx.load::<[u8; 4]>(IP_DST) else {
         return drop_frame(OverlayCounter::DropMalformed, len);
     };
+    let mut balanced = None;
     if let Some(l4) = lb::parse_l4(ctx) {
         match lb::vip_forward(ctx, iface.vni, &l4, len) {
             Err(verdict) => return verdict,
-            Ok(Some(backend)) => dst = backend,
+            Ok(Some(ep)) => balanced = Some(ep),
             Ok(None) => {
-                // A backend answering a client that came in through the
-                // routing mesh.
-                if subnet_of(dst).is_none()
-                    && let Some(verdict) = lb::mesh_reply(ctx, &l4, false, len)
-                {
-                    return verdict;
+                if subnet_of(dst).is_none() {
+                    // A backend answering a client that came in through
+                    // the routing mesh.
+                    if let Some(verdict) = lb::mesh_reply(ctx, &l4, false, len) {
+                        return verdict;
+                    }
+                } else {
+                    lb::direct_flow(&l4);
                 }
             }
         }
     }
-    if let Some(ep) = ENDPOINTS.get_ptr(dst) {
-        // SAFETY: value pointer from a lookup, valid for this run.
-        let ep = unsafe { *ep };
+    let ep = balanced.or_else(|| {
+        ENDPOINTS.get_ptr(dst).map(|ep| {
+            // SAFETY: value pointer from a lookup, valid for this run.
+            unsafe { *ep }
+        })
+    });
+    if let Some(ep) = ep {
         if ep.vni != iface.vni {
             return drop_frame(OverlayCounter::DropIsolation, len);
         }

@@ -345,6 +345,68 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         b"draining"
     );
 
+    // 4b. A client port used through the VIP and then straight to the
+    // backend it got: the direct connection's replies keep the backend's
+    // own address.
+    let port = 41_003;
+    let via_vip = WhoamiConn::open_from(client(&fx), port, SocketAddr::from((VIP, 80)), TIMEOUT)
+        .expect("VIP connection from a fixed port");
+    let server = via_vip.server;
+    drop(via_vip);
+    // The server side closes too (no TIME_WAIT there: it closed second).
+    std::thread::sleep(Duration::from_millis(300));
+    match WhoamiConn::open_from(
+        client(&fx),
+        port,
+        SocketAddr::from((server, TARGET)),
+        TIMEOUT,
+    ) {
+        Ok(c) => assert_eq!(c.server, server),
+        Err(e) => panic!(
+            "port {port} straight to {server} after the VIP: {e:#}\n{}",
+            dump(dps)
+        ),
+    }
+
+    // 4c. Datagram flows whose backend is removed move on to another
+    // backend instead of staying pinned to the one that is gone.
+    let flows: Vec<UdpSocket> = (0..16)
+        .map(|_| {
+            let s = client(&fx)
+                .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+                .expect("udp socket");
+            s.connect((VIP, 53)).expect("connect");
+            s.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+            s
+        })
+        .collect();
+    let udp_round = |what: &str, dps: &[Box<dyn Dataplane>]| {
+        for (i, s) in flows.iter().enumerate() {
+            let msg = format!("{what} {i}");
+            s.send(msg.as_bytes()).expect("send");
+            let mut buf = [0u8; 64];
+            match s.recv(&mut buf) {
+                Ok(n) => assert_eq!(&buf[..n], msg.as_bytes()),
+                Err(e) => panic!("udp flow {i} {what}: {e}\n{}", dump(dps)),
+            }
+        }
+    };
+    udp_round("before", dps);
+    let draining_b1 = Backend {
+        addr: B1,
+        draining: true,
+    };
+    set_app_backends(&mut fx, dps, vec![draining_b1.clone(), backend(B3)]);
+    for (i, dp) in dps.iter_mut().enumerate() {
+        on(&fx.lab, i, dp.as_mut(), |dp| dp.remove_endpoint(B2)).expect("removing b2");
+    }
+    udp_round("after b2 went", dps);
+    fx.app_backends = vec![draining_b1, backend(B2), backend(B3)];
+    for (i, dp) in dps.iter_mut().enumerate() {
+        program_node(&fx, i, dp.as_mut());
+    }
+    drop(flows);
+
     // 5. The routing mesh answers on both nodes (the backend runs on node
     // 1 only) and the backend sees the outside client's address.
     for node in [0, 1] {
@@ -354,6 +416,23 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         }
         let mut c = mesh_conn(&fx, node);
         assert_mesh(&fx, &mut c);
+    }
+    // A client port used first through the backend's own node and then
+    // through the other one (clients reuse ports towards different
+    // addresses): the second connection's replies must go back the way
+    // it came in, not the way the first one did.
+    for (round, port) in [(0, 41_001u16), (1, 41_002)] {
+        let (first, second) = if round == 0 { (1, 0) } else { (0, 1) };
+        for node in [first, second] {
+            let to = SocketAddr::from((fx.lab.nodes[node].addr, PUBLISHED));
+            match WhoamiConn::open_from(&fx.lab.hosts[0].ns, port, to, TIMEOUT) {
+                Ok(mut c) => assert_mesh(&fx, &mut c),
+                Err(e) => panic!(
+                    "port {port} through node {node} after node {first}: {e:#}\n{}",
+                    dump(dps)
+                ),
+            }
+        }
     }
     // UDP through the mesh, via both nodes; replies come from the node's
     // address and published port (connected socket).
@@ -393,6 +472,7 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         "{s0:?}"
     );
     assert!(action(&s1, "mesh_tunnel_back") > 0, "{s1:?}");
+    assert!(action(&s0, "ct_backend_gone") > 0, "{s0:?}");
     for s in [&s0, &s1] {
         for why in ["rewrite_failed", "ct_full", "unknown_backend", "no_route"] {
             assert_eq!(s.drops.get(why).map_or(0, |c| c.packets), 0, "{why}: {s:?}");

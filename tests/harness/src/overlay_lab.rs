@@ -520,6 +520,35 @@ impl WhoamiConn {
         let conn = ns
             .run(|| TcpStream::connect_timeout(&to, timeout))
             .with_context(|| format!("connecting to {to} from {}", ns.name()))?;
+        Self::greeted(conn, to, timeout)
+    }
+
+    /// [`WhoamiConn::open`] from a fixed local port (`SO_REUSEADDR`, so the
+    /// port can be reused towards another destination while an earlier
+    /// connection from it is in TIME_WAIT).
+    pub fn open_from(
+        ns: &Netns,
+        local_port: u16,
+        to: SocketAddr,
+        timeout: Duration,
+    ) -> anyhow::Result<WhoamiConn> {
+        use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+        let conn = ns
+            .run(|| -> std::io::Result<TcpStream> {
+                let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+                s.set_reuse_address(true)?;
+                s.bind(&SockAddr::from(SocketAddr::from((
+                    std::net::Ipv4Addr::UNSPECIFIED,
+                    local_port,
+                ))))?;
+                s.connect_timeout(&SockAddr::from(to), timeout)?;
+                Ok(s.into())
+            })
+            .with_context(|| format!("connecting to {to} from {}:{local_port}", ns.name()))?;
+        Self::greeted(conn, to, timeout)
+    }
+
+    fn greeted(conn: TcpStream, to: SocketAddr, timeout: Duration) -> anyhow::Result<WhoamiConn> {
         conn.set_read_timeout(Some(timeout))?;
         let mut line = Vec::new();
         let mut byte = [0u8; 1];
