@@ -205,13 +205,6 @@ impl NetworkAgent {
             .filter(|a| !want.contains_key(a))
             .copied()
             .collect();
-        for a in gone {
-            st.remote.remove(&a);
-            // A local endpoint may have taken the address over.
-            if !st.local.values().flatten().any(|l| l.addr == a) {
-                self.overlay.remove_endpoint(a);
-            }
-        }
         for (a, (vni, node)) in want {
             if st.remote.get(&a) == Some(&(vni, node)) {
                 continue;
@@ -232,7 +225,17 @@ impl NetworkAgent {
             .filter(|v| !want_nets.contains_key(v))
             .copied()
             .collect();
+        // Backends first, then endpoints: the balancer must not pick an
+        // address the overlay no longer knows (a dropped SYN costs the
+        // client a one-second retransmit).
         self.sync_lb(st);
+        for a in gone {
+            st.remote.remove(&a);
+            // A local endpoint may have taken the address over.
+            if !st.local.values().flatten().any(|l| l.addr == a) {
+                self.overlay.remove_endpoint(a);
+            }
+        }
         for vni in stale {
             st.networks.remove(&vni);
             self.overlay.remove_network(vni);
@@ -338,6 +341,11 @@ impl NetworkAgent {
                 tracing::warn!(service = %id, error = %e, "cannot set a service's backends");
                 continue;
             }
+            tracing::debug!(
+                service = %id,
+                backends = ?backends.iter().map(|b| (b.addr, b.draining)).collect::<Vec<_>>(),
+                "load balancer backends set"
+            );
             st.lb.insert(id, (fe, backends));
         }
     }

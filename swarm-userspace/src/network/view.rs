@@ -38,7 +38,15 @@ pub fn parse_node_addr(s: &str) -> Option<Ipv4Addr> {
 /// Whether a peer's task is (or may soon be) up: assigned, wanted running,
 /// not ended.
 pub fn is_live(p: &pb::NetworkPeer) -> bool {
-    p.desired_state <= pb::TaskState::Running as i32 && p.state <= pb::TaskState::Running as i32
+    p.desired_state <= pb::TaskState::Running as i32 && holds_address(p)
+}
+
+/// Whether a peer's task still holds its address: not ended, whatever its
+/// desired state. A task that is being stopped keeps its endpoint (and its
+/// established connections) until it has stopped; the allocator frees the
+/// address only then.
+pub fn holds_address(p: &pb::NetworkPeer) -> bool {
+    p.state <= pb::TaskState::Running as i32
 }
 
 /// Whether an assignments message carries overlay state (as opposed to
@@ -109,7 +117,9 @@ impl NetView {
     }
 
     /// Endpoints on other nodes: address → (VNI, node underlay address).
-    /// A live peer wins over an ended one that held the address before.
+    /// Tasks being stopped stay until they have stopped (their connections
+    /// drain); a peer holding the address wins over an ended one that held
+    /// it before.
     pub fn remote_endpoints(&self) -> BTreeMap<Ipv4Addr, (u32, Ipv4Addr)> {
         let mut out: BTreeMap<Ipv4Addr, (u32, Ipv4Addr, bool)> = BTreeMap::new();
         for p in self.peers.values() {
@@ -125,7 +135,7 @@ impl NetView {
             ) else {
                 continue;
             };
-            let live = is_live(p);
+            let live = holds_address(p);
             match out.get(&addr) {
                 Some((_, _, true)) if !live => {}
                 _ => {
@@ -193,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_endpoints_leave_out_this_node_and_ended_tasks() {
+    fn remote_endpoints_leave_out_this_node_and_ended_tasks_but_keep_draining_ones() {
         let mut v = NetView::default();
         v.apply(&pb::AssignmentsMessage {
             r#type: pb::assignments_message::Type::Full as i32,
@@ -229,6 +239,28 @@ mod tests {
                     "10.0.1.5/24",
                     pb::TaskState::Starting,
                 ),
+                // Being stopped (draining): still reachable.
+                pb::NetworkPeer {
+                    desired_state: pb::TaskState::Shutdown as i32,
+                    ..peer(
+                        "d",
+                        "third",
+                        "198.51.100.13",
+                        "10.0.1.6/24",
+                        pb::TaskState::Running,
+                    )
+                },
+                // Stopped: gone.
+                pb::NetworkPeer {
+                    desired_state: pb::TaskState::Shutdown as i32,
+                    ..peer(
+                        "e",
+                        "third",
+                        "198.51.100.13",
+                        "10.0.1.7/24",
+                        pb::TaskState::Shutdown,
+                    )
+                },
             ],
             ..Default::default()
         });
@@ -242,6 +274,10 @@ mod tests {
                 ),
                 (
                     "10.0.1.5".parse().expect("ip"),
+                    (4097, "198.51.100.13".parse().expect("ip"))
+                ),
+                (
+                    "10.0.1.6".parse().expect("ip"),
                     (4097, "198.51.100.13".parse().expect("ip"))
                 ),
             ]

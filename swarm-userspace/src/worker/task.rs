@@ -350,6 +350,7 @@ impl TaskManager {
                 // connections; give that a moment to land before the
                 // process is told to stop, so a rolling update under load
                 // loses no requests.
+                tracing::debug!(task = %self.id, drain = ?LB_DRAIN, "draining before the stop signal");
                 tokio::time::sleep(LB_DRAIN).await;
             }
             self.stop_container().await;
