@@ -113,6 +113,98 @@ fn prometheus_scrapes_control_plane_and_datapath_metrics_from_every_node() {
         let heartbeats = query(prom, host, "sum(swarm_dispatcher_heartbeats_total)")?;
         (sum(&commits) >= 1.0 && sum(&nodes) == 3.0 && sum(&heartbeats) > 0.0).then_some(())
     });
+    // A published service answers through node 1's routing mesh and a
+    // container asks the embedded DNS: the balancer's, overlay's and DNS
+    // series move.
+    let n1 = c.node(1);
+    let image = c.image("bb:1");
+    n1.swarm(&["network", "create", "-d", "overlay", "front"])
+        .success();
+    n1.swarm(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--mode",
+        "global",
+        "-p",
+        "8080:80",
+        &image,
+    ])
+    .success();
+    let web = eventually(Duration::from_secs(60), "web running", || {
+        let ts = service_ps(n1, "web");
+        let running: Vec<String> = ts
+            .iter()
+            .filter(|t| t["Status"]["State"] == "running")
+            .filter_map(|t| t["ID"].as_str().map(str::to_owned))
+            .collect();
+        (running.len() == 3).then_some(running)
+    });
+    let mesh: SocketAddr = format!("{}:8080", n1.addr()).parse().expect("addr");
+    for _ in 0..5 {
+        eventually(
+            Duration::from_secs(15),
+            "the mesh answers on node 1",
+            || {
+                host.in_netns(move || http::get(mesh, "/", Duration::from_secs(3)))
+                    .ok()
+                    .filter(|r| r.body.contains("hostname="))
+            },
+        );
+    }
+    // Node 1's own task asks: the dashboard check below reads node 1.
+    let mine = web
+        .iter()
+        .find(|id| netns_node(&c, id) == Some(1))
+        .expect("web's task on node 1");
+    let pid = container_pid(&c, 1, mine)
+        .map(|p| p.to_string())
+        .expect("its container");
+    let out = swarm_harness::cmd::run(
+        std::process::Command::new("nsenter").args([
+            "-t",
+            &pid,
+            "-m",
+            "-n",
+            "--",
+            "/bin/sh",
+            "-c",
+            "nslookup tasks.web",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert!(
+        out.stdout.contains("Address"),
+        "nslookup in a container: {out}"
+    );
+    eventually(Duration::from_secs(15), "load balancer series", || {
+        let flows = query(
+            prom,
+            host,
+            "sum(swarm_lb_packets_total{action=\"mesh_new_flow\"})",
+        )?;
+        let bytes = query(
+            prom,
+            host,
+            "sum by (direction) (swarm_lb_service_bytes_total)",
+        )?;
+        let dns = query(prom, host, "sum(swarm_dns_queries_total)")?;
+        let endpoints = query(prom, host, "sum(swarm_overlay_endpoints)")?;
+        let backends = query(prom, host, "min(swarm_lb_backends)")?;
+        (sum(&flows) >= 5.0
+            && bytes.len() == 2
+            && bytes.iter().all(|r| r["value"][1] != "0")
+            && sum(&dns) >= 1.0
+            && sum(&endpoints) >= 2.0
+            && backends.len() == 1
+            && sum(&backends) >= 3.0)
+            .then_some(())
+    });
+
     // Every series the shipped Grafana dashboard uses is served.
     let exposed = host
         .in_netns({
