@@ -570,6 +570,11 @@ impl LbCounter {
     }
 }
 
+/// Bumped when a pinned map's key or value changes meaning without
+/// changing size (a size change alone already gives new pinned maps): the
+/// agent then starts with empty maps instead of misreading old ones.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
 /// Every map of the object, for pinning.
 pub const ALL_MAPS: [&str; 13] = [
     COUNTERS_MAP,

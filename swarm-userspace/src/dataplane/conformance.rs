@@ -396,7 +396,7 @@ pub fn run(dps: &mut [Box<dyn Dataplane>]) -> Fixture {
         addr: B1,
         draining: true,
     };
-    set_app_backends(&mut fx, dps, vec![draining_b1.clone(), backend(B3)]);
+    set_app_backends(&mut fx, dps, vec![draining_b1, backend(B3)]);
     for (i, dp) in dps.iter_mut().enumerate() {
         on(&fx.lab, i, dp.as_mut(), |dp| dp.remove_endpoint(B2)).expect("removing b2");
     }

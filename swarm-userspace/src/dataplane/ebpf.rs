@@ -14,6 +14,13 @@
 //! the maps and replaces the programs in the links atomically, then
 //! reconciles ([`Dataplane::adoption_done`]). (The XDP/TC counters of
 //! `--dataplane-interface` are not pinned: they only count.)
+//!
+//! Upgrades: pinned maps live in a directory named for the layout of the
+//! object's maps ([`maps_dir_name`]). An agent whose programs expect other
+//! maps starts with empty ones (and removes the old), never handing its
+//! programs maps of another shape; its links still get the new programs
+//! atomically, and tracked connections are balanced again to the same
+//! backends while the backend sets are unchanged.
 mod lb;
 mod overlay;
 
@@ -38,8 +45,9 @@ use aya::{
     },
 };
 use swarm_ebpf_common::{
-    ALL_MAPS, COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, OVERLAY_VETH_PROG,
-    OVERLAY_VXLAN_PROG, PacketCounter, TC_EGRESS_PROG, TrafficClass, XDP_INGRESS_PROG,
+    ALL_MAPS, COUNTERS_MAP, COUNTERS_MAX_ENTRIES, CounterKey, Direction, MAP_LAYOUT_VERSION,
+    OVERLAY_VETH_PROG, OVERLAY_VXLAN_PROG, PacketCounter, TC_EGRESS_PROG, TrafficClass,
+    XDP_INGRESS_PROG,
 };
 
 use super::{
@@ -126,6 +134,74 @@ impl std::fmt::Debug for EbpfDataplane {
     }
 }
 
+/// The directory name of pinned maps for `object`: `maps-` and a digest
+/// of every pinned map's name, type, key and value sizes, capacity and
+/// flags, plus [`MAP_LAYOUT_VERSION`] for changes of meaning at the same
+/// sizes. Builds with the same maps share it (and their state survives
+/// the upgrade); any other change gets fresh maps.
+fn maps_dir_name(object: &[u8]) -> Result<String, DataplaneError> {
+    use sha2::{Digest, Sha256};
+    let obj = aya_obj::Object::parse(object)
+        .map_err(|e| DataplaneError::Load(format!("parsing the eBPF object: {e}")))?;
+    let mut maps: Vec<String> = obj
+        .maps
+        .iter()
+        .filter(|(name, _)| ALL_MAPS.contains(&name.as_str()))
+        .map(|(name, m)| {
+            format!(
+                "{name} {} {} {} {} {}",
+                m.map_type(),
+                m.key_size(),
+                m.value_size(),
+                m.max_entries(),
+                m.map_flags()
+            )
+        })
+        .collect();
+    maps.sort();
+    let mut h = Sha256::new();
+    h.update(MAP_LAYOUT_VERSION.to_le_bytes());
+    for m in &maps {
+        h.update(m.as_bytes());
+        h.update(b"\n");
+    }
+    let digest: String = h.finalize()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(format!("maps-{digest}"))
+}
+
+/// Removes pinned maps of other layouts under `bpffs_dir` (an upgrade or
+/// a downgrade changed them). Programs still running on them keep them
+/// alive until their links get this build's programs.
+fn remove_other_map_dirs(bpffs_dir: &Path, keep: &Path) {
+    let Ok(dir) = std::fs::read_dir(bpffs_dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // "maps": before layouts had names. (A fresh bpffs also holds the
+        // kernel's own "maps.debug".)
+        let is_maps = name == "maps" || name.starts_with("maps-");
+        if is_maps && path != keep && path.is_dir() {
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::info!(
+                    dir = %path.display(),
+                    "pinned maps of another layout removed: this build starts with empty ones"
+                ),
+                Err(e) => tracing::warn!(
+                    dir = %path.display(),
+                    error = %e,
+                    "cannot remove pinned maps of another layout"
+                ),
+            }
+        }
+    }
+}
+
 fn ifindex_of(name: &str) -> Result<u32, DataplaneError> {
     let c = CString::new(name).map_err(|_| DataplaneError::NoSuchInterface(name.into()))?;
     // SAFETY: c is a valid NUL-terminated string for the call's duration.
@@ -151,9 +227,10 @@ impl EbpfDataplane {
     pub fn load_pinned(xdp_mode: XdpMode, bpffs_dir: &Path) -> Result<Self, DataplaneError> {
         ensure_bpffs(bpffs_dir)?;
         let pins = PinDirs {
-            maps: bpffs_dir.join("maps"),
+            maps: bpffs_dir.join(maps_dir_name(OBJECT)?),
             links: bpffs_dir.join("links"),
         };
+        remove_other_map_dirs(bpffs_dir, &pins.maps);
         for d in [&pins.maps, &pins.links] {
             std::fs::create_dir_all(d).map_err(|e| pin_err(d, &e))?;
         }
@@ -177,6 +254,12 @@ impl EbpfDataplane {
             adopting |= path.exists();
             loader.map_pin_path(name, path.as_path());
         }
+        // Links without maps: a previous agent of another map layout. Its
+        // links are taken over (and the unclaimed ones swept) all the same.
+        adopting |= pins
+            .as_ref()
+            .and_then(|p| std::fs::read_dir(&p.links).ok())
+            .is_some_and(|mut d| d.next().is_some());
         let mut ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(error_chain(&e)))?;

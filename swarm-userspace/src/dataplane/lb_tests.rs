@@ -82,6 +82,24 @@ fn load_balancer_conformance_and_agent_restart() {
 
     // New agents adopt the pinned maps and links, set everything again and
     // sweep what they did not claim.
+    // Node 1's next agent is an upgrade whose maps have another layout:
+    // its pinned maps are set aside (renamed to a layout no build has).
+    let maps_dir = |i: usize| -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(bpffs.node(i))
+            .expect("bpffs dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .filter(|n| n.to_string_lossy().starts_with("maps-"))
+            .collect()
+    };
+    let current = maps_dir(1);
+    assert_eq!(current.len(), 1, "{current:?}");
+    std::fs::rename(
+        bpffs.node(1).join(&current[0]),
+        bpffs.node(1).join("maps-000000000000"),
+    )
+    .expect("renaming node 1's pinned maps");
+
     let mut reloaded: Vec<EbpfDataplane> = Vec::new();
     for i in 0..2 {
         let mut dp = fx.lab.nodes[i]
@@ -101,6 +119,11 @@ fn load_balancer_conformance_and_agent_restart() {
         );
         reloaded.push(dp);
     }
+    assert_eq!(
+        maps_dir(1),
+        current,
+        "node 1: the old layout's maps are gone, this build's are pinned"
+    );
     assert_eq!(vip_conn.echo(b"adopted").unwrap(), b"adopted");
     assert_eq!(mesh_conn.echo(b"adopted").unwrap(), b"adopted");
     let mut fresh = conformance::mesh_conn(&fx, 1);
