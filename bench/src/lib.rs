@@ -13,9 +13,10 @@
 //! - [`failover`]: leader `kill -9` to the first accepted write, on a
 //!   3-manager swarm of real daemons in network namespaces; baseline is
 //!   docker's Raft timing.
-//! - [`mesh`]: short HTTP requests (wrk) through the routing mesh of
-//!   the eBPF load balancer; baselines are direct access to the backend,
-//!   nftables DNAT and a userspace proxy.
+//! - [`mesh`]: short HTTP requests (wrk) and small UDP datagrams through
+//!   the routing mesh of the eBPF load balancer; baselines are direct
+//!   access to the backend (for UDP with an XDP_PASS program on the
+//!   nodes), nftables DNAT and a userspace proxy.
 //! - [`overlay`]: TCP throughput and round trips between containers on two
 //!   nodes over the eBPF/VXLAN overlay; baseline is the same nodes talking
 //!   over the plain underlay.

@@ -82,10 +82,11 @@ enum Bench {
         #[arg(long)]
         rounds: Option<usize>,
     },
-    /// Routing mesh (eBPF load balancer) with short HTTP requests from wrk;
-    /// baselines direct access, nftables DNAT and a userspace proxy.
+    /// Routing mesh (eBPF load balancer) with short HTTP requests from wrk
+    /// and small UDP datagrams; baselines direct access (UDP: with
+    /// XDP_PASS), nftables DNAT and a userspace proxy.
     Mesh {
-        /// Seconds per wrk run (default 5, --quick 2).
+        /// Seconds per wrk run and per UDP run (default 5, --quick 2).
         #[arg(long)]
         seconds: Option<u32>,
         /// Runs per path, alternating (default 3, --quick 1).

@@ -1,7 +1,9 @@
-//! `mesh`: what the routing mesh (the eBPF load balancer) costs a short
-//! HTTP request next to no load balancer, an nftables DNAT and a userspace
-//! proxy (issue 7: mesh adds < 10% latency over direct access and costs
-//! less CPU per request than nftables DNAT).
+//! `mesh`: what the routing mesh (the eBPF load balancer) costs next to
+//! no load balancer, an nftables DNAT and a userspace proxy, for short
+//! HTTP requests and for small UDP datagrams (issue 7: mesh adds < 10%
+//! latency over direct access and costs less CPU per request than
+//! nftables DNAT; small-UDP packets per second through the eBPF path vs an
+//! XDP_PASS baseline).
 //!
 //! Topology (`swarm_harness::overlay_lab`): a router, three node
 //! namespaces on their own routed /24s and one outside client host.
@@ -9,11 +11,14 @@
 //! overlay and the mesh on `eth0`, and the ingress network 4200
 //! (10.255.0.0/24). Backend containers: 10.255.0.5 on B, 10.255.0.6 on A,
 //! each running the same HTTP responder (hyper, one thread, a 3-byte
-//! body). Node C runs no eBPF: only kernel forwarding, nftables and the
-//! userspace proxy.
+//! body) and one UDP counter per UDP path ([`udp::UdpCounter`]). Node C
+//! runs no eBPF: only kernel forwarding, nftables and the userspace proxy.
+//! Frontends: published 8000 (TCP → 8080, UDP → 9001) to the backend on
+//! B, published 8001 (TCP → 8080, UDP → 9002) to the backend on A.
 //!
-//! Paths, all driven by `wrk` (keep-alive connections) in the client host:
-//! - mesh, remote backend: client → A:8000 → (XDP/TC, VXLAN) → backend on
+//! HTTP paths, all driven by `wrk` (keep-alive connections) in the client
+//! host:
+//! - mesh, remote backend: client → A:8000 → (TC, VXLAN) → backend on
 //!   B, replies tunnelled back through A;
 //! - mesh, local backend: client → A:8001 → backend on A;
 //! - direct: client → 10.255.0.5:8080, routed by the router to B and by
@@ -24,29 +29,59 @@
 //! - userspace proxy: client → C:8002, a tokio proxy ([`Proxy`]) in C
 //!   copying to 10.255.0.5:8080.
 //!
-//! Rounds alternate the paths; the median round is reported. CPU: the
-//! busy time of the whole machine (`/proc/stat`) during each run, per
-//! 100k requests; it includes wrk and the backend (the same for every
-//! path) and anything else running on the machine.
+//! UDP paths (after the HTTP ones), driven by [`udp::blast`] in the client
+//! host: 18-byte datagrams (64-byte frames) from 64 source ports, as fast
+//! as one thread with `sendmmsg` can, one way (the counters do not answer):
+//! - mesh, remote backend: client → A:8000/udp → (TC, VXLAN) → counter
+//!   at 10.255.0.5:9001 on B;
+//! - mesh, local backend: client → A:8001/udp → counter at
+//!   10.255.0.6:9002 on A;
+//! - baseline "XDP_PASS + kernel routing": client → 10.255.0.5:9003, the
+//!   direct path above (router, B's /32 route, no translation).
 //!
-//! Owns its namespaces (unique `swt-<pid>-` names) and server threads:
-//! gone when the run ends, also on error or Ctrl-C.
+//! "XDP path" here: for the UDP phase only, the data plane's own XDP
+//! program (`swarm_xdp_ingress`: counts the frame, returns XDP_PASS; with
+//! the TC egress counter that `Dataplane::attach` adds) is attached to
+//! `eth0` of A and B, as `swarm daemon --dataplane-interface eth0` does,
+//! so every UDP path enters every node through the same XDP_PASS hook.
+//! The mesh translation itself is not XDP: it is `swarm_lb_mesh_ingress`
+//! at TC ingress of `eth0`, after XDP and after the kernel builds the skb.
+//! B's `eth0` carries that TC program for the baseline too (B runs the
+//! mesh as every node does); for a packet not addressed to B it parses the
+//! headers and passes. So the baseline is XDP_PASS + the mesh's early
+//! exit + kernel routing, and mesh vs baseline is the cost of the
+//! translation, conntrack and (other node) the VXLAN hop and second
+//! router crossing. The HTTP phase runs without XDP attached, as before.
+//!
+//! Rounds alternate the paths (HTTP and UDP each); the median round is
+//! reported. CPU: the busy time of the whole machine (`/proc/stat`)
+//! during each run, per 100k requests (HTTP) or per million datagrams
+//! delivered (UDP); it includes the load generator and the backend (the
+//! same for every path) and anything else running on the machine.
+//!
+//! Owns its namespaces (unique `swt-<pid>-` names), server threads and
+//! UDP sockets: gone when the run ends, also on error or Ctrl-C.
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 use swarm::dataplane::{
-    Backend, Dataplane, LocalEndpoint, PortMapping, Proto, ServiceFrontend, XdpMode, container_mac,
-    ebpf::EbpfDataplane, overlay::DEFAULT_VXLAN_PORT,
+    Backend, Counter, CounterId, Dataplane, LocalEndpoint, PortMapping, Proto, ServiceFrontend,
+    XdpMode, container_mac, ebpf::EbpfDataplane, overlay::DEFAULT_VXLAN_PORT,
 };
 use swarm_harness::Netns;
 use swarm_harness::overlay_lab::OverlayLab;
 
 use crate::report::{Better, Report, Row, RunInfo};
 use crate::stats::median;
+
+pub mod udp;
+
+use udp::{UdpCounter, UdpRun};
 
 const VNI: u32 = 4200;
 const SUBNET: &str = "10.255.0.0/24";
@@ -60,6 +95,11 @@ const PUBLISHED_REMOTE: u16 = 8000;
 const PUBLISHED_LOCAL: u16 = 8001;
 const NFT_PORT: u16 = 8000;
 const PROXY_PORT: u16 = 8002;
+/// UDP targets (published ports as TCP: 8000/udp, 8001/udp): one counter
+/// per path, so each path's count is its own.
+const UDP_TARGET_REMOTE: u16 = 9001;
+const UDP_TARGET_LOCAL: u16 = 9002;
+const UDP_TARGET_DIRECT: u16 = 9003;
 /// Node indices in the lab.
 const A: usize = 0;
 const B: usize = 1;
@@ -67,7 +107,7 @@ const C: usize = 2;
 
 #[derive(Clone, Debug)]
 pub struct MeshOpts {
-    /// Seconds per wrk run.
+    /// Seconds per wrk run and per UDP run.
     pub seconds: u32,
     /// Runs per path (alternating).
     pub rounds: usize,
@@ -406,18 +446,27 @@ fn run_ok(ns: &Netns, program: &str, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn frontend(id: &str, vip: Ipv4Addr, published: u16) -> ServiceFrontend {
-    let port = PortMapping {
-        proto: Proto::Tcp,
-        port: published,
-        target: TARGET,
-    };
+/// A frontend on the ingress network: `published`/tcp → the HTTP
+/// backend, `published`/udp → `udp_target` (a UDP counter).
+fn frontend(id: &str, vip: Ipv4Addr, published: u16, udp_target: u16) -> ServiceFrontend {
+    let ports = vec![
+        PortMapping {
+            proto: Proto::Tcp,
+            port: published,
+            target: TARGET,
+        },
+        PortMapping {
+            proto: Proto::Udp,
+            port: published,
+            target: udp_target,
+        },
+    ];
     ServiceFrontend {
         id: id.into(),
         vni: VNI,
         vip: Some(vip),
-        ports: vec![port],
-        published: vec![port],
+        ports: ports.clone(),
+        published: ports,
     }
 }
 
@@ -459,7 +508,226 @@ impl PathResult {
 struct Details {
     paths: Vec<PathResult>,
     wrk: String,
+    udp: UdpDetails,
     mesh_counters: serde_json::Value,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum UdpPath {
+    MeshRemote,
+    MeshLocal,
+    XdpPass,
+}
+
+impl UdpPath {
+    const ALL: [UdpPath; 3] = [UdpPath::MeshRemote, UdpPath::MeshLocal, UdpPath::XdpPass];
+
+    fn label(self) -> &'static str {
+        match self {
+            UdpPath::MeshRemote => "mesh, backend on other node",
+            UdpPath::MeshLocal => "mesh, backend on same node",
+            UdpPath::XdpPass => "XDP_PASS + kernel routing",
+        }
+    }
+
+    /// Where the client sends.
+    fn target(self, lab: &OverlayLab) -> SocketAddr {
+        match self {
+            UdpPath::MeshRemote => SocketAddr::from((lab.nodes[A].addr, PUBLISHED_REMOTE)),
+            UdpPath::MeshLocal => SocketAddr::from((lab.nodes[A].addr, PUBLISHED_LOCAL)),
+            UdpPath::XdpPass => SocketAddr::from((REMOTE_BACKEND, UDP_TARGET_DIRECT)),
+        }
+    }
+
+    /// Where the datagrams arrive: this path's own counter.
+    fn counter(self) -> SocketAddr {
+        match self {
+            UdpPath::MeshRemote => SocketAddr::from((REMOTE_BACKEND, UDP_TARGET_REMOTE)),
+            UdpPath::MeshLocal => SocketAddr::from((LOCAL_BACKEND, UDP_TARGET_LOCAL)),
+            UdpPath::XdpPass => SocketAddr::from((REMOTE_BACKEND, UDP_TARGET_DIRECT)),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct UdpPathResult {
+    path: UdpPath,
+    label: &'static str,
+    target: String,
+    counter: String,
+    runs: Vec<UdpRun>,
+    median_received_per_s: Option<f64>,
+    median_sent_per_s: Option<f64>,
+    median_loss_pct: Option<f64>,
+    median_cpu_s_per_million: Option<f64>,
+    /// XDP-counted frames on eth0 of A and B per datagram sent: which
+    /// nodes' XDP hook the path went through.
+    median_xdp_a_per_sent: Option<f64>,
+    median_xdp_b_per_sent: Option<f64>,
+}
+
+impl UdpPathResult {
+    fn of(path: UdpPath, target: SocketAddr, runs: Vec<UdpRun>) -> UdpPathResult {
+        let m = |f: &dyn Fn(&UdpRun) -> Option<f64>| {
+            median(&runs.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        let per_sent = |n: u64, r: &UdpRun| (r.sent > 0).then(|| n as f64 / r.sent as f64);
+        UdpPathResult {
+            path,
+            label: path.label(),
+            target: target.to_string(),
+            counter: path.counter().to_string(),
+            median_received_per_s: m(&|r| Some(r.received_per_s)),
+            median_sent_per_s: m(&|r| Some(r.sent_per_s)),
+            median_loss_pct: m(&|r| Some(r.loss_pct)),
+            median_cpu_s_per_million: m(&|r| r.cpu_s_per_million()),
+            median_xdp_a_per_sent: m(&|r| per_sent(r.xdp_frames_a, r)),
+            median_xdp_b_per_sent: m(&|r| per_sent(r.xdp_frames_b, r)),
+            runs,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct UdpDetails {
+    paths: Vec<UdpPathResult>,
+    payload_bytes: usize,
+    frame_bytes: usize,
+    source_ports: usize,
+    send_batch: usize,
+    /// How the XDP program was attached to eth0 of A and B
+    /// (`xdp-native` or `xdp-generic`).
+    xdp_modes: Vec<String>,
+}
+
+/// UDP frames the XDP program counted arriving on `iface` (counter keys
+/// as `swarm-ebpf-common` names them: direction `ingress`, class
+/// `ipv4_udp`; only the XDP program counts ingress).
+fn xdp_udp_frames(counters: &BTreeMap<CounterId, Counter>, iface: &str) -> u64 {
+    counters
+        .iter()
+        .filter(|((i, dir, class), _)| i == iface && *dir == "ingress" && *class == "ipv4_udp")
+        .map(|(_, c)| c.packets)
+        .sum()
+}
+
+/// UDP frames counted by XDP on eth0 of A and B so far.
+fn xdp_frames(dps: &[EbpfDataplane]) -> anyhow::Result<[u64; 2]> {
+    let mut out = [0; 2];
+    for (o, dp) in out.iter_mut().zip(dps) {
+        *o = xdp_udp_frames(&dp.status()?.counters, "eth0");
+    }
+    Ok(out)
+}
+
+/// One UDP run: `seconds` of sending to `path`'s target, counted at its
+/// counter until the count settles, with the machine's CPU and the XDP
+/// counters of A and B around it.
+fn udp_run(
+    lab: &OverlayLab,
+    dps: &[EbpfDataplane],
+    counter: &UdpCounter,
+    path: UdpPath,
+    seconds: f64,
+) -> anyhow::Result<UdpRun> {
+    let client = &lab.hosts[0].ns;
+    let (x0, m0, r0) = (xdp_frames(dps)?, machine_busy_ticks()?, counter.received());
+    let blast = udp::blast(client, path.target(lab), Duration::from_secs_f64(seconds))?;
+    let r1 = counter.settled(Duration::from_secs(1));
+    let (m1, x1) = (machine_busy_ticks()?, xdp_frames(dps)?);
+    let cpu = m1.saturating_sub(m0) as f64 / ticks_per_s();
+    let mut run = UdpRun::new(&blast, r1.saturating_sub(r0), cpu);
+    run.xdp_frames_a = x1[0].saturating_sub(x0[0]);
+    run.xdp_frames_b = x1[1].saturating_sub(x0[1]);
+    Ok(run)
+}
+
+/// The UDP phase: attaches the XDP program to eth0 of A and B, starts a
+/// counter per path, checks every path delivers, then runs alternating
+/// rounds. Detaches XDP again at the end (on an error, dropping the data
+/// planes does).
+fn udp_phase(
+    dps: &mut [EbpfDataplane],
+    lab: &OverlayLab,
+    opts: &MeshOpts,
+) -> anyhow::Result<UdpDetails> {
+    let mut xdp_modes = Vec::new();
+    for (i, dp) in [A, B].into_iter().zip(dps.iter_mut()) {
+        lab.nodes[i]
+            .ns
+            .run(|| dp.attach("eth0"))
+            .with_context(|| format!("attaching XDP to eth0 of {}", lab.nodes[i].ns.name()))?;
+        let mode = dp
+            .status()?
+            .interfaces
+            .into_iter()
+            .filter(|a| a.name == "eth0")
+            .flat_map(|a| a.programs)
+            .find(|p| p.kind == "xdp")
+            .map_or_else(|| "unknown".into(), |p| p.attach_mode);
+        xdp_modes.push(mode);
+    }
+    let counters = UdpPath::ALL
+        .iter()
+        .map(|p| {
+            let at = p.counter();
+            let c = lab
+                .containers
+                .iter()
+                .find(|c| SocketAddr::from((c.addr, at.port())) == at)
+                .with_context(|| format!("no container holds {at}"))?;
+            UdpCounter::start(&c.ns, at)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+
+    // Warm-up: every path delivers (neighbours, conntrack entries of the
+    // 64 flows in place) before anything is measured.
+    for (p, c) in UdpPath::ALL.iter().zip(&counters) {
+        crate::stop::check()?;
+        let r = udp_run(lab, dps, c, *p, 0.5)
+            .with_context(|| format!("UDP warm-up of {}", p.label()))?;
+        if r.received == 0 {
+            bail!("UDP: {} delivers nothing: {r:?}", p.label());
+        }
+    }
+    let mut runs: Vec<Vec<UdpRun>> = vec![Vec::new(); UdpPath::ALL.len()];
+    for round in 0..opts.rounds {
+        for (i, (p, c)) in UdpPath::ALL.iter().zip(&counters).enumerate() {
+            crate::stop::check()?;
+            eprintln!(
+                "mesh bench: UDP round {}/{}: {}",
+                round + 1,
+                opts.rounds,
+                p.label()
+            );
+            let r = udp_run(lab, dps, c, *p, f64::from(opts.seconds))?;
+            if r.refused > 0 {
+                eprintln!(
+                    "mesh bench: UDP {}: {} sends refused (ICMP port unreachable)",
+                    p.label(),
+                    r.refused
+                );
+            }
+            runs[i].push(r);
+        }
+    }
+    drop(counters);
+    for dp in dps.iter_mut() {
+        dp.detach("eth0");
+    }
+    Ok(UdpDetails {
+        paths: UdpPath::ALL
+            .into_iter()
+            .zip(runs)
+            .map(|(p, r)| UdpPathResult::of(p, p.target(lab), r))
+            .collect(),
+        payload_bytes: udp::PAYLOAD_BYTES,
+        frame_bytes: udp::FRAME_BYTES,
+        source_ports: udp::SOURCE_PORTS,
+        send_batch: udp::SEND_BATCH,
+        xdp_modes,
+    })
 }
 
 /// Builds the lab: eBPF on A and B, backends, routes for the direct path,
@@ -511,12 +779,14 @@ fn build() -> anyhow::Result<(Vec<EbpfDataplane>, OverlayLab)> {
                 "remote/ingress",
                 Ipv4Addr::new(10, 255, 0, 100),
                 PUBLISHED_REMOTE,
+                UDP_TARGET_REMOTE,
             ))?;
             dp.set_backends("remote/ingress", &[b(REMOTE_BACKEND)])?;
             dp.set_service(frontend(
                 "local/ingress",
                 Ipv4Addr::new(10, 255, 0, 101),
                 PUBLISHED_LOCAL,
+                UDP_TARGET_LOCAL,
             ))?;
             dp.set_backends("local/ingress", &[b(LOCAL_BACKEND)])?;
             Ok(())
@@ -632,7 +902,7 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
                 .to_string()
         })
         .context("wrk is not installed (apt-get install wrk)")?;
-    let (dps, lab) = build()?;
+    let (mut dps, lab) = build()?;
     let remote_ns = &lab.containers[0].ns;
     let local_ns = &lab.containers[1].ns;
     let backends = [
@@ -673,6 +943,7 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             runs[i].push(r);
         }
     }
+    let udp = udp_phase(&mut dps, &lab, opts)?;
     let status = dps
         .iter()
         .map(|dp| dp.status().map(|s| s.lb))
@@ -706,7 +977,15 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
     ) else {
         bail!("a path is missing");
     };
-    let rows = vec![
+    let uget = |k: UdpPath| udp.paths.iter().find(|p| p.path == k);
+    let (Some(umesh), Some(ulocal), Some(ubase)) = (
+        uget(UdpPath::MeshRemote),
+        uget(UdpPath::MeshLocal),
+        uget(UdpPath::XdpPass),
+    ) else {
+        bail!("a UDP path is missing");
+    };
+    let mut rows = vec![
         Row::new(
             "requests/s, mesh (other node) vs direct",
             "req/s",
@@ -778,6 +1057,22 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             Better::Lower,
         ),
     ];
+    for (u, which) in [(umesh, "other node"), (ulocal, "same node")] {
+        rows.push(Row::new(
+            format!("UDP rx pkt/s, mesh ({which}) vs XDP_PASS"),
+            "pkt/s",
+            u.median_received_per_s,
+            ubase.median_received_per_s,
+            Better::Higher,
+        ));
+        rows.push(Row::new(
+            format!("UDP CPU/1M, mesh ({which}) vs XDP_PASS"),
+            "s",
+            u.median_cpu_s_per_million,
+            ubase.median_cpu_s_per_million,
+            Better::Lower,
+        ));
+    }
     let mut notes = vec![
         "goals (issue 7): mesh adds < 10% latency over direct access; mesh costs less CPU per request than nftables DNAT".into(),
         format!(
@@ -830,22 +1125,75 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
     ));
     notes.extend([
         "CPU s/100k: busy CPU time of the whole machine (/proc/stat) during the run per 100k requests; includes wrk and the backend (the same on every path) and anything else running on this shared machine; Δ direct removes the common part; ours/100k: wrk + this process (backends, proxy) only, without softirq time charged elsewhere".into(),
-        "direct: client → router → node B's kernel (a /32 route onto the container veth), no translation; nft: node C (no eBPF) DNAT + masquerade to the same backend; proxy: tokio copy_bidirectional on node C; mesh: XDP/TC on node A, VXLAN to B, replies tunnelled back".into(),
+        "direct: client → router → node B's kernel (a /32 route onto the container veth), no translation; nft: node C (no eBPF) DNAT + masquerade to the same backend; proxy: tokio copy_bidirectional on node C; mesh: TC ingress on node A's eth0, VXLAN to B, replies tunnelled back (HTTP runs without the XDP program attached)".into(),
         "hops: mesh (other node), nft and proxy cross the router twice (client → A or C → B); direct and mesh (same node) once: the mesh (other node) vs direct rows include that extra hop, vs nft/proxy they do not".into(),
         "p99 is scheduling noise when the machine is loaded (2 CPUs shared with builds): read it with the load below".into(),
     ]);
+    notes.push(format!(
+        "UDP, after the HTTP paths (median of {} run(s) of {} s): {} B datagrams ({} B frames), one sender thread, sendmmsg × {} over {} source ports, one way; a recvmmsg counter per path; XDP program ({}) on eth0 of A and B for this phase only:",
+        opts.rounds,
+        opts.seconds,
+        udp.payload_bytes,
+        udp.frame_bytes,
+        udp.send_batch,
+        udp.source_ports,
+        udp.xdp_modes.join(", "),
+    ));
+    notes.push(format!(
+        "  {:<30} {:>10} {:>10} {:>7} {:>9} {:>11} {:>9}",
+        "path", "sent pkt/s", "recv pkt/s", "loss %", "CPU s/1M", "Δ XDP_PASS", "XDP A/B"
+    ));
+    for p in &udp.paths {
+        let delta = p
+            .median_cpu_s_per_million
+            .zip(ubase.median_cpu_s_per_million)
+            .map(|(a, b)| a - b);
+        notes.push(format!(
+            "  {:<30} {:>10} {:>10} {:>7} {:>9} {:>11} {:>9}",
+            p.label,
+            fmt(p.median_sent_per_s, 0),
+            fmt(p.median_received_per_s, 0),
+            fmt(p.median_loss_pct, 1),
+            fmt(p.median_cpu_s_per_million, 2),
+            fmt(delta, 2),
+            format!(
+                "{}/{}",
+                fmt(p.median_xdp_a_per_sent, 2),
+                fmt(p.median_xdp_b_per_sent, 2)
+            ),
+        ));
+    }
+    notes.extend([
+        "UDP 'XDP path': the data plane's XDP program only counts and returns XDP_PASS, on every UDP path alike; the mesh translation is swarm_lb_mesh_ingress at TC ingress of A's eth0. So mesh vs XDP_PASS is the TC translation and conntrack (other node: plus VXLAN to B and a second router crossing) over kernel routing; the baseline also passes B's mesh TC program, which lets a packet not addressed to B through after parsing its headers".into(),
+        "UDP same node: the mesh hands the translated packet straight into the container (bpf_redirect_peer), skipping the kernel forwarding the baseline goes through on B, so it can beat the baseline".into(),
+        "UDP CPU s/1M: busy CPU of the whole machine per million datagrams delivered (sender and counter included, the same on every path); the sender spins one CPU and the path's kernel work runs mostly in its softirq, so pkt/s is what one CPU gets through the path and a costlier path shows as fewer pkt/s as well as more CPU; XDP A/B: UDP frames counted by XDP on eth0 of A and B per datagram sent (which nodes a path crossed; < 1 where frames were lost before)".into(),
+    ]);
+    let busiest = udp
+        .paths
+        .iter()
+        .flat_map(|p| &p.runs)
+        .filter(|r| r.seconds > 0.0)
+        .map(|r| r.machine_cpu_s / r.seconds)
+        .fold(0.0, f64::max);
+    if info.cpus > 0 && busiest >= 0.95 * info.cpus as f64 {
+        notes.push(format!(
+            "UDP: the machine was saturated during the UDP runs (up to {busiest:.2} of {} CPUs busy, other work included): CPU s/1M then only restates pkt/s",
+            info.cpus
+        ));
+    }
     info.end(started);
     Ok(Report {
         name: "mesh".into(),
-        title: "routing mesh (eBPF LB) vs direct, nftables DNAT and a userspace proxy, short HTTP requests".into(),
-        candidate: "client → node A published port → routing mesh → backend on node B".into(),
-        baseline: "client → backend directly (rows marked 'vs nft DNAT' / 'vs userspace proxy' compare with those paths)".into(),
+        title: "routing mesh (eBPF LB) vs direct, nftables DNAT, userspace proxy: HTTP and small UDP".into(),
+        candidate: "client → node A published port → routing mesh → backend on node B (or A: 'same node')".into(),
+        baseline: "client → backend directly (UDP: with XDP_PASS on the nodes' eth0; rows marked 'vs nft DNAT' / 'vs userspace proxy' compare with those paths)".into(),
         rows,
         notes,
         run: info,
         details: serde_json::to_value(Details {
             paths,
             wrk: wrk_version,
+            udp,
             mesh_counters: serde_json::to_value(&status)?,
         })?,
     })
@@ -894,6 +1242,49 @@ Transfer/sec:      2.40MB
         assert_eq!(parse_duration_ms("1.00m"), Some(60000.0));
         assert_eq!(parse_duration_ms("12ms"), Some(12.0));
         assert_eq!(parse_duration_ms("abc"), None);
+    }
+
+    #[test]
+    fn xdp_udp_frames_are_the_ingress_udp_count_of_one_interface() {
+        let c = |packets| Counter { packets, bytes: 0 };
+        let counters: BTreeMap<CounterId, Counter> = [
+            (("eth0".to_string(), "ingress", "ipv4_udp"), c(7)),
+            (("eth0".to_string(), "ingress", "ipv4_tcp"), c(100)),
+            (("eth0".to_string(), "egress", "ipv4_udp"), c(50)),
+            (("eth1".to_string(), "ingress", "ipv4_udp"), c(9)),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(xdp_udp_frames(&counters, "eth0"), 7);
+        assert_eq!(xdp_udp_frames(&counters, "eth2"), 0);
+    }
+
+    #[test]
+    fn udp_paths_count_at_their_own_receivers() {
+        let mut at: Vec<SocketAddr> = UdpPath::ALL.iter().map(|p| p.counter()).collect();
+        at.sort();
+        at.dedup();
+        assert_eq!(at.len(), UdpPath::ALL.len());
+    }
+
+    #[test]
+    fn udp_path_medians_per_sent_datagram() {
+        let run = |sent, xa, xb| UdpRun {
+            sent,
+            received: sent,
+            xdp_frames_a: xa,
+            xdp_frames_b: xb,
+            ..UdpRun::default()
+        };
+        let r = UdpPathResult::of(
+            UdpPath::XdpPass,
+            SocketAddr::from((REMOTE_BACKEND, UDP_TARGET_DIRECT)),
+            vec![run(100, 0, 100), run(200, 0, 190), run(0, 0, 0)],
+        );
+        assert_eq!(r.median_xdp_a_per_sent, Some(0.0));
+        // The empty run has no ratio: the median of 1.0 and 0.95.
+        assert_eq!(r.median_xdp_b_per_sent, Some(0.975));
+        assert_eq!(r.median_cpu_s_per_million, Some(0.0));
     }
 
     #[test]
