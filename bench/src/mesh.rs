@@ -26,6 +26,9 @@
 //!   the "no load balancer" path;
 //! - nftables DNAT: client → C:8000, DNAT to 10.255.0.5:8080 plus
 //!   masquerade (kernel conntrack), through the router and B;
+//! - nftables DNAT over VXLAN: client → C:8003, the same DNAT and
+//!   masquerade, then a kernel VXLAN device on C to B's overlay (docker's
+//!   routing mesh: NAT on the ingress node, overlay to the backend);
 //! - userspace proxy: client → C:8002, a tokio proxy ([`Proxy`]) in C
 //!   copying to 10.255.0.5:8080.
 //!
@@ -95,6 +98,12 @@ const PUBLISHED_REMOTE: u16 = 8000;
 const PUBLISHED_LOCAL: u16 = 8001;
 const NFT_PORT: u16 = 8000;
 const PROXY_PORT: u16 = 8002;
+/// nftables DNAT into a kernel VXLAN overlay, on C.
+const NFT_VXLAN_PORT: u16 = 8003;
+/// C's address on its kernel VXLAN device (the masquerade source there).
+const NFT_VXLAN_ADDR: Ipv4Addr = Ipv4Addr::new(10, 255, 0, 250);
+/// Marks the connections of the VXLAN path on C, for its routing table.
+const NFT_VXLAN_MARK: u32 = 0x5342;
 /// UDP targets (published ports as TCP: 8000/udp, 8001/udp): one counter
 /// per path, so each path's count is its own.
 const UDP_TARGET_REMOTE: u16 = 9001;
@@ -140,15 +149,17 @@ enum PathKind {
     MeshLocal,
     Direct,
     NftDnat,
+    NftVxlan,
     Proxy,
 }
 
 impl PathKind {
-    const ALL: [PathKind; 5] = [
+    const ALL: [PathKind; 6] = [
         PathKind::MeshRemote,
         PathKind::MeshLocal,
         PathKind::Direct,
         PathKind::NftDnat,
+        PathKind::NftVxlan,
         PathKind::Proxy,
     ];
 
@@ -158,6 +169,7 @@ impl PathKind {
             PathKind::MeshLocal => "mesh, backend on same node",
             PathKind::Direct => "direct (routed, no LB)",
             PathKind::NftDnat => "nftables DNAT + masq",
+            PathKind::NftVxlan => "nftables DNAT + masq over kernel VXLAN",
             PathKind::Proxy => "userspace proxy (tokio)",
         }
     }
@@ -168,6 +180,7 @@ impl PathKind {
             PathKind::MeshLocal => SocketAddr::from((lab.nodes[A].addr, PUBLISHED_LOCAL)),
             PathKind::Direct => SocketAddr::from((REMOTE_BACKEND, TARGET)),
             PathKind::NftDnat => SocketAddr::from((lab.nodes[C].addr, NFT_PORT)),
+            PathKind::NftVxlan => SocketAddr::from((lab.nodes[C].addr, NFT_VXLAN_PORT)),
             PathKind::Proxy => SocketAddr::from((lab.nodes[C].addr, PROXY_PORT)),
         }
     }
@@ -882,7 +895,126 @@ fn build() -> anyhow::Result<(Vec<EbpfDataplane>, OverlayLab)> {
         &TARGET.to_string(),
         "masquerade",
     ])?;
+
+    // The same DNAT into a kernel VXLAN overlay (docker's routing mesh:
+    // DNAT and SNAT on the ingress node, then the overlay to the backend's
+    // node), for the like-for-like comparison: the routed nft path above
+    // needs an underlay that routes container addresses, which the
+    // product does not have. C's device sends to B's overlay port, where
+    // B's programs deliver to the backend; B tunnels replies to C's device
+    // address back to C. C's device takes the backend veth's host MAC,
+    // the inner destination MAC B's frames carry (B answers neighbour
+    // resolution locally, never through the tunnel). Only connections
+    // marked by the DNAT rule take the device: the routed path keeps its
+    // route.
+    let vx = "swbench-vx";
+    let mark = NFT_VXLAN_MARK.to_string();
+    run_ok(
+        cns,
+        "ip",
+        &[
+            "link",
+            "add",
+            vx,
+            "type",
+            "vxlan",
+            "id",
+            &VNI.to_string(),
+            "dstport",
+            &DEFAULT_VXLAN_PORT.to_string(),
+            "remote",
+            &b_addr,
+            "local",
+            &c_addr,
+            "nolearning",
+        ],
+    )?;
+    let gw_mac = link_mac(bns, &c.host_veth)?;
+    run_ok(cns, "ip", &["link", "set", vx, "address", &gw_mac, "up"])?;
+    run_ok(
+        cns,
+        "ip",
+        &["addr", "add", &format!("{NFT_VXLAN_ADDR}/32"), "dev", vx],
+    )?;
+    run_ok(
+        cns,
+        "ip",
+        &[
+            "neigh",
+            "replace",
+            &backend,
+            "lladdr",
+            &swarm_harness::overlay_lab::mac_string(c.mac),
+            "dev",
+            vx,
+            "nud",
+            "permanent",
+        ],
+    )?;
+    run_ok(cns, "ip", &["rule", "add", "fwmark", &mark, "table", "42"])?;
+    // The DNAT chain sees a connection's first packet only: the rest get
+    // the mark back from the connection.
+    nft(&[
+        "add",
+        "chain",
+        "ip",
+        "swbench",
+        "mangle",
+        "{ type filter hook prerouting priority mangle; policy accept; }",
+    ])?;
+    nft(&[
+        "add", "rule", "ip", "swbench", "mangle", "ct", "mark", &mark, "meta", "mark", "set", "ct",
+        "mark",
+    ])?;
+    run_ok(
+        cns,
+        "ip",
+        &["route", "add", SUBNET, "dev", vx, "table", "42"],
+    )?;
+    nft(&[
+        "add",
+        "rule",
+        "ip",
+        "swbench",
+        "pre",
+        "ip",
+        "daddr",
+        &c_addr,
+        "tcp",
+        "dport",
+        &NFT_VXLAN_PORT.to_string(),
+        "meta",
+        "mark",
+        "set",
+        &mark,
+        "ct",
+        "mark",
+        "set",
+        &mark,
+        "dnat",
+        "to",
+        &format!("{backend}:{TARGET}"),
+    ])?;
+    let c_node = lab.nodes[C].addr;
+    lab.nodes[B]
+        .ns
+        .run(|| dps[B].set_remote_endpoint(VNI, NFT_VXLAN_ADDR, c_node))?;
     Ok((dps, lab))
+}
+
+/// The MAC address of `link` in namespace `ns`.
+fn link_mac(ns: &Netns, link: &str) -> anyhow::Result<String> {
+    let out = ns
+        .command("ip")
+        .args(["-o", "link", "show", "dev", link])
+        .output()
+        .with_context(|| format!("ip link show {link}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .map(str::to_owned)
+        .with_context(|| format!("no MAC address for {link} in {text:?}"))
 }
 
 pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
@@ -968,11 +1100,12 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
         .map(|((p, r), t)| PathResult::of(p, t, r))
         .collect();
     let get = |k: PathKind| paths.iter().find(|p| p.path == k);
-    let (Some(mesh), Some(local), Some(direct), Some(nft), Some(proxy)) = (
+    let (Some(mesh), Some(local), Some(direct), Some(nft), Some(nft_vx), Some(proxy)) = (
         get(PathKind::MeshRemote),
         get(PathKind::MeshLocal),
         get(PathKind::Direct),
         get(PathKind::NftDnat),
+        get(PathKind::NftVxlan),
         get(PathKind::Proxy),
     ) else {
         bail!("a path is missing");
@@ -1043,6 +1176,20 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             Better::Lower,
         ),
         Row::new(
+            "CPU/100k req, mesh (other node) vs nft DNAT over VXLAN",
+            "s",
+            mesh.median_cpu_s_per_100k,
+            nft_vx.median_cpu_s_per_100k,
+            Better::Lower,
+        ),
+        Row::new(
+            "latency p50, mesh (other node) vs nft DNAT over VXLAN",
+            "ms",
+            mesh.median_p50_ms,
+            nft_vx.median_p50_ms,
+            Better::Lower,
+        ),
+        Row::new(
             "requests/s, mesh (other node) vs userspace proxy",
             "req/s",
             mesh.median_requests_per_s,
@@ -1080,7 +1227,7 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             opts.rounds, opts.seconds, opts.connections
         ),
         format!(
-            "  {:<30} {:>9} {:>8} {:>8} {:>11} {:>11} {:>11}",
+            "  {:<40} {:>9} {:>8} {:>8} {:>11} {:>11} {:>11}",
             "path", "req/s", "p50 ms", "p99 ms", "CPU s/100k", "Δ direct", "ours/100k"
         ),
     ];
@@ -1092,7 +1239,7 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
             .zip(direct.median_cpu_s_per_100k)
             .map(|(a, b)| a - b);
         notes.push(format!(
-            "  {:<30} {:>9} {:>8} {:>8} {:>11} {:>11} {:>11}",
+            "  {:<40} {:>9} {:>8} {:>8} {:>11} {:>11} {:>11}",
             p.label,
             fmt(p.median_requests_per_s, 0),
             fmt(p.median_p50_ms, 3),
@@ -1115,18 +1262,23 @@ pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
     let lat = pct(mesh.median_p50_ms, direct.median_p50_ms);
     let lat_local = pct(local.median_p50_ms, direct.median_p50_ms);
     let cpu = pct(mesh.median_cpu_s_per_100k, nft.median_cpu_s_per_100k);
+    let cpu_vx = pct(mesh.median_cpu_s_per_100k, nft_vx.median_cpu_s_per_100k);
+    let lat_vx = pct(mesh.median_p50_ms, nft_vx.median_p50_ms);
     notes.push(format!(
-        "goal check: mesh p50 over direct {} (other node; {} same node) → {}; mesh CPU/100k vs nft DNAT {} → {}",
+        "goal check: mesh p50 over direct {} (other node; {} same node) → {}; mesh CPU/100k vs nft DNAT routed {} → {}, vs nft DNAT over VXLAN {} → {} (p50 {})",
         fmt(lat, 1) + "%",
         fmt(lat_local, 1) + "%",
         verdict(lat, 10.0),
         fmt(cpu, 1) + "%",
         verdict(cpu, 0.0),
+        fmt(cpu_vx, 1) + "%",
+        verdict(cpu_vx, 0.0),
+        fmt(lat_vx, 1) + "%",
     ));
     notes.extend([
         "CPU s/100k: busy CPU time of the whole machine (/proc/stat) during the run per 100k requests; includes wrk and the backend (the same on every path) and anything else running on this shared machine; Δ direct removes the common part; ours/100k: wrk + this process (backends, proxy) only, without softirq time charged elsewhere".into(),
-        "direct: client → router → node B's kernel (a /32 route onto the container veth), no translation; nft: node C (no eBPF) DNAT + masquerade to the same backend; proxy: tokio copy_bidirectional on node C; mesh: TC ingress on node A's eth0, VXLAN to B, replies tunnelled back (HTTP runs without the XDP program attached)".into(),
-        "hops: mesh (other node), nft and proxy cross the router twice (client → A or C → B); direct and mesh (same node) once: the mesh (other node) vs direct rows include that extra hop, vs nft/proxy they do not".into(),
+        "direct: client → router → node B's kernel (a /32 route onto the container veth), no translation; nft: node C (no eBPF) DNAT + masquerade to the same backend, routed (the router knows the container subnet is behind B: an underlay the product does not assume); nft over VXLAN: the same rules, sent through a kernel VXLAN device on C to B's overlay (docker's routing mesh shape: NAT on the ingress node, overlay to the backend's node); proxy: tokio copy_bidirectional on node C; mesh: TC ingress on node A's eth0, VXLAN to B, replies tunnelled back (HTTP runs without the XDP program attached)".into(),
+        "hops: mesh (other node), both nft paths and proxy cross the router twice (client → A or C → B); direct and mesh (same node) once: the mesh (other node) vs direct rows include that extra hop, vs nft/proxy they do not".into(),
         "p99 is scheduling noise when the machine is loaded (2 CPUs shared with builds): read it with the load below".into(),
     ]);
     notes.push(format!(

@@ -19,8 +19,10 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<()> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let profile: &[&str] = if dev { &[] } else { &["--release"] };
 
-    // One build for both, so their shared dependencies are compiled once.
-    let status = Command::new(&cargo)
+    // One build for both, so their shared dependencies are compiled once;
+    // the runner is then started from what that build made (`cargo run`
+    // would resolve the runner's features alone and build it again).
+    let out = Command::new(&cargo)
         .args([
             "build",
             "--package",
@@ -28,37 +30,60 @@ pub fn run(args: Vec<OsString>) -> anyhow::Result<()> {
             "--package",
             "swarm-bench",
             "--bins",
+            "--message-format=json-render-diagnostics",
         ])
         .args(profile)
-        .status()
+        .stderr(std::process::Stdio::inherit())
+        .output()
         .context("running cargo build")?;
-    if !status.success() {
-        bail!("building swarm and swarm-bench failed ({status})");
+    if !out.status.success() {
+        bail!("building swarm and swarm-bench failed ({})", out.status);
     }
+    let runner = runner_path(&String::from_utf8_lossy(&out.stdout))
+        .context("cargo build did not report the swarm-bench binary")?;
 
-    // `cargo run` finds the binary (honouring CARGO_TARGET_DIR and cargo's
-    // config), and the runner finds `swarm` next to itself.
-    // Ctrl-C reaches the runner too (same process group): it cleans up and
-    // exits, and its status is ours. Here the signals stay blocked, so this
-    // process waits for that instead of leaving it behind. (Children start
-    // with a clean signal mask.)
+    // The runner finds `swarm` next to itself. Ctrl-C reaches the runner
+    // too (same process group): it cleans up and exits, and its status is
+    // ours. Here the signals stay blocked, so this process waits for that
+    // instead of leaving it behind. (Children start with a clean signal
+    // mask.)
     crate::block_stop_signals()?;
-    let status = Command::new(&cargo)
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "swarm-bench",
-            "--bin",
-            "swarm-bench",
-        ])
-        .args(profile)
-        .arg("--")
+    let status = Command::new(&runner)
         .args(&args)
         .status()
-        .context("running swarm-bench")?;
+        .with_context(|| format!("running {runner}"))?;
     if !status.success() {
         bail!("swarm-bench failed ({status})");
     }
     Ok(())
+}
+
+/// The `swarm-bench` executable among cargo's JSON build messages.
+fn runner_path(messages: &str) -> Option<String> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "swarm-bench")
+        .find_map(|m| m["executable"].as_str().map(str::to_owned))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn finds_the_runner_among_build_messages() {
+        let msgs = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"swarm"},"executable":"/t/release/swarm"}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"swarm-bench"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"swarm-bench"},"executable":"/t/release/swarm-bench"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            super::runner_path(msgs).as_deref(),
+            Some("/t/release/swarm-bench")
+        );
+        assert_eq!(super::runner_path("not json"), None);
+    }
 }
