@@ -92,6 +92,13 @@ pub trait Indexed: Sized {
     fn table_mut(t: &mut Tables) -> &mut Table<Self>;
     /// Add (`add`) or drop this object's entries in secondary indexes.
     fn index(_t: &mut Tables, _obj: &Self, _add: bool) {}
+    /// Moves the index entries of `old` to those of `new` (same ID).
+    /// Kinds whose index keys rarely change override it to touch only
+    /// what changed: an update is the most frequent write.
+    fn reindex(t: &mut Tables, old: &Self, new: &Self) {
+        Self::index(t, old, false);
+        Self::index(t, new, true);
+    }
 }
 
 /// Every table and index at one version.
@@ -124,30 +131,64 @@ impl Indexed for pb::Task {
         &mut t.tasks
     }
     fn index(t: &mut Tables, task: &Self, add: bool) {
-        let id = Key::from(task.id());
-        let service = Key::from(task.service_id.as_str());
-        let by_node =
-            (!task.node_id.is_empty()).then(|| (Key::from(task.node_id.as_str()), Arc::clone(&id)));
-        let by_slot = (service, task.slot, id);
-        let state = task.status.as_ref().map_or(0, |s| s.state);
-        let n = t.task_states.get(&state).copied().unwrap_or(0);
-        let n = if add { n + 1 } else { n.saturating_sub(1) };
-        if n == 0 {
-            t.task_states.remove(&state);
-        } else {
-            t.task_states.insert(state, n);
+        count_task_state(t, task_state(task), add);
+        index_task_slot(t, task, add);
+        index_task_node(t, task, add);
+    }
+
+    fn reindex(t: &mut Tables, old: &Self, new: &Self) {
+        let (was, is) = (task_state(old), task_state(new));
+        if was != is {
+            count_task_state(t, was, false);
+            count_task_state(t, is, true);
         }
-        if add {
-            t.tasks_by_slot.insert(by_slot);
-            if let Some(k) = by_node {
-                t.tasks_by_node.insert(k);
-            }
-        } else {
-            t.tasks_by_slot.remove(&by_slot);
-            if let Some(k) = by_node {
-                t.tasks_by_node.remove(&k);
-            }
+        if old.service_id != new.service_id || old.slot != new.slot {
+            index_task_slot(t, old, false);
+            index_task_slot(t, new, true);
         }
+        if old.node_id != new.node_id {
+            index_task_node(t, old, false);
+            index_task_node(t, new, true);
+        }
+    }
+}
+
+fn task_state(task: &pb::Task) -> i32 {
+    task.status.as_ref().map_or(0, |s| s.state)
+}
+
+fn count_task_state(t: &mut Tables, state: i32, add: bool) {
+    let n = t.task_states.get(&state).copied().unwrap_or(0);
+    let n = if add { n + 1 } else { n.saturating_sub(1) };
+    if n == 0 {
+        t.task_states.remove(&state);
+    } else {
+        t.task_states.insert(state, n);
+    }
+}
+
+fn index_task_slot(t: &mut Tables, task: &pb::Task, add: bool) {
+    let key = (
+        Key::from(task.service_id.as_str()),
+        task.slot,
+        Key::from(task.id()),
+    );
+    if add {
+        t.tasks_by_slot.insert(key);
+    } else {
+        t.tasks_by_slot.remove(&key);
+    }
+}
+
+fn index_task_node(t: &mut Tables, task: &pb::Task, add: bool) {
+    if task.node_id.is_empty() {
+        return;
+    }
+    let key = (Key::from(task.node_id.as_str()), Key::from(task.id()));
+    if add {
+        t.tasks_by_node.insert(key);
+    } else {
+        t.tasks_by_node.remove(&key);
     }
 }
 
@@ -254,6 +295,30 @@ impl Tables {
         T::table_mut(self).by_id.insert(id, obj);
     }
 
+    /// Puts `obj` in the place of `old` (same ID), touching only the index
+    /// entries whose keys changed: most updates change none.
+    fn replace<T: StoreObject>(&mut self, id: &str, old: &T, obj: Arc<T>) {
+        let name_of = |o: &T| o.name().filter(|n| !n.is_empty()).map(name_key);
+        let (was, is) = (name_of(old), name_of(&obj));
+        if was != is {
+            let by_name = &mut T::table_mut(self).by_name;
+            if let Some(k) = was {
+                by_name.remove(&(Key::from(k), Key::from(id)));
+            }
+            if let Some(k) = is {
+                by_name.insert((Key::from(k), Key::from(id)));
+            }
+        }
+        T::reindex(self, old, &obj);
+        // In place: the key stays, no new one is allocated.
+        match T::table_mut(self).by_id.get_mut(id) {
+            Some(slot) => *slot = obj,
+            None => {
+                T::table_mut(self).by_id.insert(Key::from(id), obj);
+            }
+        }
+    }
+
     fn unindex<T: StoreObject>(&mut self, old: &T) {
         if let Some(name) = old.name().filter(|n| !n.is_empty()) {
             T::table_mut(self)
@@ -332,9 +397,8 @@ impl Tables {
             }
             Stamp::Propose => *meta = old_meta,
         }
-        self.unindex(&*old);
         let obj = Arc::new(obj);
-        self.insert(id, Arc::clone(&obj));
+        self.replace(&id, &*old, Arc::clone(&obj));
         Ok(Event {
             kind: EventKind::Updated,
             version: stamp.version(),

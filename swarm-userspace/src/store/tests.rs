@@ -439,6 +439,59 @@ fn task_indexes_follow_updates() {
 }
 
 #[test]
+fn task_updates_move_only_the_index_entries_that_changed() {
+    let store = store_with(vec![
+        create(service("s1", "web")),
+        create(task("t1", "s1", 1, "n1")),
+        create(task("t2", "s1", 2, "n1")),
+    ]);
+    let ids =
+        |v: Vec<std::sync::Arc<pb::Task>>| v.iter().map(|t| t.id().to_owned()).collect::<Vec<_>>();
+    let running = |mut t: pb::Task| {
+        t.status = Some(pb::TaskStatus {
+            state: pb::TaskState::Running as i32,
+            ..Default::default()
+        });
+        t
+    };
+    // Only the observed state changes (a status report): the state counts
+    // move, the node and slot entries stay.
+    let t1 = running(read(&store, "t1"));
+    store.apply(2, batch(2, vec![update(t1)])).unwrap();
+    let view = store.view();
+    let counts: Vec<(i32, usize)> = view.task_state_counts().collect();
+    assert_eq!(counts, [(0, 1), (pb::TaskState::Running as i32, 1)]);
+    assert_eq!(ids(view.tasks_by_node("n1")), ["t1", "t2"]);
+    assert_eq!(ids(view.tasks_by_slot("s1", 1)), ["t1"]);
+    assert_eq!(view.get::<pb::Task>("t1").unwrap().version(), 2);
+
+    // Nothing an index holds changes: every index stays as it was.
+    let mut t2: pb::Task = read(&store, "t2");
+    t2.desired_state = pb::TaskState::Shutdown as i32;
+    store.apply(3, batch(3, vec![update(t2)])).unwrap();
+    let view = store.view();
+    assert_eq!(ids(view.tasks_by_node("n1")), ["t1", "t2"]);
+    assert_eq!(ids(view.tasks_by_service("s1")), ["t1", "t2"]);
+    assert_eq!(view.task_state_counts().count(), 2);
+
+    // Slot and node change together, twice in one batch.
+    let mut t1: pb::Task = read(&store, "t1");
+    t1.slot = 3;
+    t1.node_id = String::new();
+    let mut again = t1.clone();
+    again.node_id = "n2".into();
+    store
+        .apply(4, batch(4, vec![update(t1), update(again)]))
+        .unwrap();
+    let view = store.view();
+    assert_eq!(ids(view.tasks_by_node("n1")), ["t2"]);
+    assert_eq!(ids(view.tasks_by_node("n2")), ["t1"]);
+    assert!(view.tasks_by_slot("s1", 1).is_empty());
+    assert_eq!(ids(view.tasks_by_slot("s1", 3)), ["t1"]);
+    assert_eq!(ids(view.tasks_by_service("s1")), ["t2", "t1"]);
+}
+
+#[test]
 fn list_count_and_id_prefix() {
     let store = store_with(vec![
         create(task("abc1", "s", 1, "")),
