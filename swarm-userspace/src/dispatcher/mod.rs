@@ -39,6 +39,14 @@ use router::{Routed, Router};
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 /// Periods a node may miss before it is marked down.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// Status updates one combined write takes at most: the reports that
+/// arrived meanwhile are taken until they reach this many updates (a report
+/// is never split). Bounded so that one write never holds the write lock,
+/// or a runtime thread, for long; it goes out as proposals of at most
+/// [`MAX_ACTIONS_PER_PROPOSAL`](crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL)
+/// actions, several in Raft at once.
+pub const MAX_UPDATES_PER_WRITE: usize = 8 * crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL;
+
 /// Heartbeats per second the leader takes from all nodes together before it
 /// lengthens every node's period (as Nomad's `max_heartbeats_per_second`):
 /// up to this many nodes the configured period holds; with more, the
@@ -333,13 +341,17 @@ impl Dispatcher {
                     None => return,
                 },
             };
-            let mut batch = vec![first];
-            while batch.len() < 10_000
-                && let Ok(r) = rx.try_recv()
-            {
-                batch.push(r);
-            }
+            let batch = gather(first, &mut rx);
+            let updates: usize = batch.iter().map(|r| r.updates.len()).sum();
+            let started = Instant::now();
             let result = self.write_batch(&batch).await;
+            tracing::debug!(
+                reports = batch.len(),
+                updates,
+                ms = started.elapsed().as_millis(),
+                ok = result.is_ok(),
+                "task status write"
+            );
             for r in batch {
                 let _ = r.done.send(result.clone());
             }
@@ -395,21 +407,15 @@ impl Dispatcher {
         if tasks.is_empty() {
             return Ok(());
         }
-        let actions = self
-            .m
-            .store
-            .prepare(|tx: &mut WriteTx| {
-                for t in tasks.into_values() {
-                    tx.update(t)?;
-                }
-                Ok::<(), crate::store::StoreError>(())
-            })
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.m
-            .proposer
-            .propose(actions)
-            .await
-            .map_err(crate::manager::caserver::propose_status)?;
+        drop(view);
+        crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
+            for t in tasks.into_values() {
+                tx.update(t)?;
+            }
+            Ok::<(), crate::store::StoreError>(())
+        })
+        .await
+        .map_err(update_status)?;
         Ok(())
     }
 
@@ -766,6 +772,21 @@ impl dispatcher_server::Dispatcher for Dispatcher {
     }
 }
 
+/// `first` and the reports already waiting behind it, until they hold
+/// [`MAX_UPDATES_PER_WRITE`] updates: what one combined write takes. The
+/// rest waits for the next write, in order.
+fn gather(first: Report, rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Report> {
+    let mut updates = first.updates.len();
+    let mut batch = vec![first];
+    while updates < MAX_UPDATES_PER_WRITE
+        && let Ok(r) = rx.try_recv()
+    {
+        updates += r.updates.len();
+        batch.push(r);
+    }
+    batch
+}
+
 fn update_status(e: crate::manager::UpdateError) -> Status {
     match e {
         crate::manager::UpdateError::Store(e) => Status::internal(e.to_string()),
@@ -790,6 +811,35 @@ fn is_empty(m: &pb::AssignmentsMessage) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn report(node: &str, updates: usize) -> Report {
+        Report {
+            node_id: node.into(),
+            updates: vec![Default::default(); updates],
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_combined_status_write_is_bounded_and_keeps_the_order() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for i in 0..5 {
+            tx.send(report(&format!("n{i}"), 3000)).ok();
+        }
+        let nodes = |b: &[Report]| b.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>();
+        // 3 × 3,000 reaches the bound: the third report is taken whole.
+        let b = gather(report("first", 0), &mut rx);
+        assert_eq!(nodes(&b), ["first", "n0", "n1", "n2"]);
+        let Ok(next) = rx.try_recv() else {
+            panic!("the rest should still wait");
+        };
+        let b = gather(next, &mut rx);
+        assert_eq!(nodes(&b), ["n3", "n4"]);
+        // A single report above the bound still goes out, alone.
+        tx.send(report("small", 1)).ok();
+        let b = gather(report("big", MAX_UPDATES_PER_WRITE + 1), &mut rx);
+        assert_eq!(nodes(&b), ["big"]);
+    }
 
     #[test]
     fn the_configured_period_holds_until_the_heartbeat_budget_is_reached() {
