@@ -69,6 +69,27 @@ pub fn node_period(configured: Duration, sessions: usize, jitter: f64) -> Durati
     base + base.mul_f64(HEARTBEAT_JITTER * jitter.clamp(0.0, 1.0))
 }
 
+/// Whether a node without a session still has time to open one: `grace`
+/// counts from when this manager began to lead or, for a node that joined
+/// later, from its join (a simulator or a busy node may take a while
+/// between its join and its first session).
+#[must_use]
+pub fn awaiting_session(
+    since_leading: Duration,
+    since_joined: Option<Duration>,
+    grace: Duration,
+) -> bool {
+    since_joined.map_or(since_leading, |j| j.min(since_leading)) <= grace
+}
+
+/// How long ago the node joined (its creation in the store), if known.
+fn joined_ago(node: &pb::Node, now: std::time::SystemTime) -> Option<Duration> {
+    let created = node.meta.as_ref()?.created_at?;
+    let created = std::time::SystemTime::try_from(created).ok()?;
+    // A clock that went back counts as "just joined".
+    Some(now.duration_since(created).unwrap_or_default())
+}
+
 /// How long a node given `period` may stay silent before it is marked down.
 #[must_use]
 pub fn grace(period: Duration) -> Duration {
@@ -452,6 +473,7 @@ impl Dispatcher {
 
     async fn reconcile(&self, leader_since: Instant) -> Result<(), Status> {
         let now = Instant::now();
+        let wall_now = std::time::SystemTime::now();
         let metrics = self.m.raft.metrics().borrow().clone();
         let leader_raft = metrics.current_leader;
         let voters: Vec<u64> = metrics.membership_config.membership().voter_ids().collect();
@@ -473,7 +495,11 @@ impl Dispatcher {
                 let mut changed = false;
                 let alive = match sessions.get(&id) {
                     Some(s) => s.alive(now),
-                    None => now.saturating_duration_since(leader_since) <= no_session_grace,
+                    None => awaiting_session(
+                        now.saturating_duration_since(leader_since),
+                        joined_ago(&node, wall_now),
+                        no_session_grace,
+                    ),
                 };
                 let state = n.status.as_ref().map_or(0, |s| s.state);
                 if !alive && state != pb::NodeState::Down as i32 {
@@ -818,6 +844,32 @@ mod tests {
             updates: vec![Default::default(); updates],
             done: tokio::sync::oneshot::channel().0,
         }
+    }
+
+    #[test]
+    fn a_node_without_a_session_gets_the_grace_from_its_join_if_later() {
+        let s = Duration::from_secs;
+        let grace = s(3);
+        // Joined long before this manager led: counted from leadership.
+        assert!(awaiting_session(s(2), Some(s(100)), grace));
+        assert!(!awaiting_session(s(4), Some(s(100)), grace));
+        // Joined after: counted from the join.
+        assert!(awaiting_session(s(60), Some(s(1)), grace));
+        assert!(!awaiting_session(s(60), Some(s(4)), grace));
+        // No join time known: leadership alone.
+        assert!(!awaiting_session(s(4), None, grace));
+
+        let mut node = crate::store::testutil::node("n", "n");
+        let now = std::time::SystemTime::UNIX_EPOCH + s(1000);
+        assert_eq!(joined_ago(&node, now), None);
+        node.meta.get_or_insert_with(Default::default).created_at =
+            Some((std::time::SystemTime::UNIX_EPOCH + s(990)).into());
+        assert_eq!(joined_ago(&node, now), Some(s(10)));
+        // Created "in the future" (clocks differ): just joined.
+        assert_eq!(
+            joined_ago(&node, std::time::SystemTime::UNIX_EPOCH),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
