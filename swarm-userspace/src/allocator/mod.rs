@@ -8,7 +8,8 @@
 //! published ports chosen for ingress ports given without one (30000 to
 //! 32767); one address per task on each network it attaches to. Tasks
 //! enter the allocator in state NEW and leave it PENDING, ready for the
-//! scheduler; a task that cannot be allocated stays NEW with `status.err`
+//! scheduler (tasks with nothing to allocate are created PENDING and never
+//! come here: [`needs_allocation`]); a task that cannot be allocated stays NEW with `status.err`
 //! saying why. Addresses of tasks that are gone or have ended (observed
 //! state past RUNNING) are free again.
 //!
@@ -195,6 +196,22 @@ fn publishes_host(e: Option<&pb::EndpointSpec>) -> bool {
 
 fn is_vip(e: Option<&pb::EndpointSpec>) -> bool {
     e.is_none_or(|e| e.mode == pb::EndpointMode::Vip as i32)
+}
+
+/// Whether tasks of `service` need the allocator: they attach to networks
+/// or publish ports (ingress or host mode, which join `ingress`). Tasks of
+/// other services have nothing to allocate, so the orchestrator creates
+/// them PENDING (with [`PENDING_MESSAGE`]) and they skip a write through
+/// Raft; this allocator never sees them.
+#[must_use]
+pub fn needs_allocation(service: &pb::Service) -> bool {
+    let Some(spec) = service.spec.as_ref() else {
+        return true;
+    };
+    let espec = spec.endpoint.as_ref();
+    spec.task.as_ref().is_none_or(|t| !t.networks.is_empty())
+        || publishes_ingress(espec)
+        || publishes_host(espec)
 }
 
 /// The ingress network of a view, if there is one.

@@ -146,7 +146,9 @@ pub(crate) fn is_stopped(ctx: &Context<'_>, t: &pb::Task) -> bool {
 
 /// A new task for `service`: the service's task spec, annotations and
 /// endpoint, its version (and job iteration), desired RUNNING (COMPLETE
-/// for jobs), status [`NEW_TASK_STATE`] at `ctx.now`.
+/// for jobs), status [`NEW_TASK_STATE`] at `ctx.now`, or PENDING if the
+/// allocator has nothing to give it
+/// ([`needs_allocation`](crate::allocator::needs_allocation)).
 #[must_use]
 pub fn new_task(ctx: &Context<'_>, service: &pb::Service, key: &SlotKey) -> pb::Task {
     let spec = service.spec.as_ref();
@@ -160,6 +162,12 @@ pub fn new_task(ctx: &Context<'_>, service: &pb::Service, key: &SlotKey) -> pb::
             Some(pb::service_spec::Mode::ReplicatedJob(_) | pb::service_spec::Mode::GlobalJob(_))
         )
     });
+    // Nothing to allocate: straight to the scheduler.
+    let (state, message) = if crate::allocator::needs_allocation(service) {
+        (NEW_TASK_STATE, NEW_TASK_MESSAGE)
+    } else {
+        (S::Pending, crate::allocator::PENDING_MESSAGE)
+    };
     pb::Task {
         meta: Some(pb::Meta {
             id: new_id(),
@@ -176,8 +184,8 @@ pub fn new_task(ctx: &Context<'_>, service: &pb::Service, key: &SlotKey) -> pb::
         service_annotations: spec.and_then(|s| s.annotations.clone()),
         status: Some(pb::TaskStatus {
             timestamp: Some(ctx.now.into()),
-            state: NEW_TASK_STATE.into(),
-            message: NEW_TASK_MESSAGE.to_owned(),
+            state: state.into(),
+            message: message.to_owned(),
             ..Default::default()
         }),
         desired_state: if job { S::Complete } else { S::Running }.into(),

@@ -122,16 +122,62 @@ fn a_new_service_gets_slots_one_to_n_with_complete_tasks() {
         assert_eq!(t.service_annotations.as_ref().unwrap().name, "svc-web");
         assert_eq!(t.service_version, svc.meta.as_ref().unwrap().version);
         assert_eq!(desired(t), S::Running);
-        assert_eq!(st(t), S::New);
+        // No network and no published port: nothing for the allocator, so
+        // the task is ready for the scheduler at once.
+        assert_eq!(st(t), S::Pending);
         let status = t.status.as_ref().unwrap();
         assert_eq!(status.timestamp, Some(at(0).into()));
-        assert_eq!(status.message, NEW_TASK_MESSAGE);
+        assert_eq!(status.message, crate::allocator::PENDING_MESSAGE);
         assert!(t.node_id.is_empty());
     }
     // A second pass changes nothing.
     assert!(sim.orchestrate().is_empty());
     sim.settle(10);
     assert_eq!(serving(&sim, "web").len(), 3);
+}
+
+#[test]
+fn tasks_with_networks_or_published_ports_start_new_for_the_allocator() {
+    let on_network = {
+        let mut s = service("web", replicated(1));
+        task_spec(&mut s)
+            .networks
+            .push(pb::NetworkAttachmentConfig {
+                target: "net1".into(),
+                ..Default::default()
+            });
+        s
+    };
+    let publishing = |mode: pb::PublishMode| {
+        let mut s = service("web", replicated(1));
+        s.spec.as_mut().unwrap().endpoint = Some(pb::EndpointSpec {
+            ports: vec![pb::PortConfig {
+                target_port: 80,
+                publish_mode: mode.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        s
+    };
+    let nodes = crate::orchestrator::NodeMap::new();
+    let ctx = Context {
+        now: at(0),
+        nodes: &nodes,
+        cluster: None,
+    };
+    let key = SlotKey::Replica(1);
+    for s in [
+        on_network,
+        publishing(pb::PublishMode::Ingress),
+        publishing(pb::PublishMode::Host),
+    ] {
+        let t = new_task(&ctx, &s, &key);
+        assert_eq!(st(&t), S::New);
+        assert_eq!(t.status.as_ref().unwrap().message, NEW_TASK_MESSAGE);
+    }
+    let plain = new_task(&ctx, &service("web", replicated(1)), &key);
+    assert_eq!(st(&plain), S::Pending);
 }
 
 #[test]
