@@ -731,6 +731,11 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                                 // being allocated).
                                 continue;
                             }
+                            if !removed
+                                && !worth_sending(e.old.as_ref().and_then(|o| o.as_task()), t)
+                            {
+                                continue;
+                            }
                             if removed {
                                 m.removed_task_ids.push(id);
                             } else {
@@ -749,6 +754,9 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                         });
                         if on_networks {
                             net.sync(&store.view(), &events, true, &mut m);
+                        }
+                        if is_empty(&m) {
+                            continue;
                         }
                         m
                     }
@@ -827,6 +835,47 @@ fn is_assigned(t: &pb::Task) -> bool {
     t.status.as_ref().map_or(0, |s| s.state) >= pb::TaskState::Assigned as i32
 }
 
+/// Whether a node must hear of a task's new version (swarmkit's rule): not
+/// when only its status and meta moved past ASSIGNED, which is the node's
+/// own report coming back. Statuses up to ASSIGNED come from the managers
+/// and are always sent.
+fn worth_sending(old: Option<&pb::Task>, new: &pb::Task) -> bool {
+    let Some(old) = old else {
+        return true;
+    };
+    let state = new.status.as_ref().map_or(0, |s| s.state);
+    state <= pb::TaskState::Assigned as i32 || !same_but_status(old, new)
+}
+
+/// Whether two versions of a task differ at most in meta and status.
+/// Every other field is named, so a new field has to be decided on here.
+fn same_but_status(a: &pb::Task, b: &pb::Task) -> bool {
+    let pb::Task {
+        meta: _,
+        status: _,
+        spec,
+        service_id,
+        slot,
+        node_id,
+        service_version,
+        service_annotations,
+        desired_state,
+        networks,
+        endpoint,
+        job_iteration,
+    } = a;
+    *desired_state == b.desired_state
+        && *slot == b.slot
+        && *service_version == b.service_version
+        && *job_iteration == b.job_iteration
+        && *node_id == b.node_id
+        && *service_id == b.service_id
+        && *networks == b.networks
+        && *endpoint == b.endpoint
+        && *service_annotations == b.service_annotations
+        && *spec == b.spec
+}
+
 /// Whether an incremental message carries nothing.
 fn is_empty(m: &pb::AssignmentsMessage) -> bool {
     m.updated_tasks.is_empty()
@@ -870,6 +919,40 @@ mod tests {
             joined_ago(&node, std::time::SystemTime::UNIX_EPOCH),
             Some(Duration::ZERO)
         );
+    }
+
+    #[test]
+    fn a_nodes_own_status_report_is_not_sent_back_to_it() {
+        let with_state = |t: &pb::Task, s: pb::TaskState| {
+            let mut t = t.clone();
+            t.status = Some(pb::TaskStatus {
+                state: s as i32,
+                ..Default::default()
+            });
+            t.meta.get_or_insert_with(Default::default).version += 1;
+            t
+        };
+        let base = crate::store::testutil::task("t", "s", 1, "n");
+        let assigned = with_state(&base, pb::TaskState::Assigned);
+        let running = with_state(&assigned, pb::TaskState::Running);
+        // A new task, and the scheduler's assignment: sent.
+        assert!(worth_sending(None, &assigned));
+        assert!(worth_sending(Some(&base), &assigned));
+        // The agent's own report: not sent back.
+        assert!(!worth_sending(Some(&assigned), &running));
+        // Anything else the managers change: sent.
+        let mut stop = running.clone();
+        stop.desired_state = pb::TaskState::Shutdown as i32;
+        assert!(worth_sending(Some(&running), &stop));
+        let mut moved = running.clone();
+        moved.networks.push(Default::default());
+        assert!(worth_sending(Some(&running), &moved));
+        let mut respec = running.clone();
+        respec.spec = Some(pb::TaskSpec {
+            force_update: 1,
+            ..Default::default()
+        });
+        assert!(worth_sending(Some(&running), &respec));
     }
 
     #[test]
