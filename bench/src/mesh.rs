@@ -538,8 +538,8 @@ impl UdpPath {
 
     fn label(self) -> &'static str {
         match self {
-            UdpPath::MeshRemote => "mesh, backend on other node",
-            UdpPath::MeshLocal => "mesh, backend on same node",
+            UdpPath::MeshRemote => PathKind::MeshRemote.label(),
+            UdpPath::MeshLocal => PathKind::MeshLocal.label(),
             UdpPath::XdpPass => "XDP_PASS + kernel routing",
         }
     }
@@ -547,8 +547,8 @@ impl UdpPath {
     /// Where the client sends.
     fn target(self, lab: &OverlayLab) -> SocketAddr {
         match self {
-            UdpPath::MeshRemote => SocketAddr::from((lab.nodes[A].addr, PUBLISHED_REMOTE)),
-            UdpPath::MeshLocal => SocketAddr::from((lab.nodes[A].addr, PUBLISHED_LOCAL)),
+            UdpPath::MeshRemote => PathKind::MeshRemote.target(lab),
+            UdpPath::MeshLocal => PathKind::MeshLocal.target(lab),
             UdpPath::XdpPass => SocketAddr::from((REMOTE_BACKEND, UDP_TARGET_DIRECT)),
         }
     }
@@ -929,7 +929,9 @@ fn build() -> anyhow::Result<(Vec<EbpfDataplane>, OverlayLab)> {
             "nolearning",
         ],
     )?;
-    let gw_mac = link_mac(bns, &c.host_veth)?;
+    let gw_mac = swarm_harness::overlay_lab::mac_string(
+        bns.run(|| swarm::dataplane::netlink::mac_of(&c.host_veth))?,
+    );
     run_ok(cns, "ip", &["link", "set", vx, "address", &gw_mac, "up"])?;
     run_ok(
         cns,
@@ -1000,21 +1002,6 @@ fn build() -> anyhow::Result<(Vec<EbpfDataplane>, OverlayLab)> {
         .ns
         .run(|| dps[B].set_remote_endpoint(VNI, NFT_VXLAN_ADDR, c_node))?;
     Ok((dps, lab))
-}
-
-/// The MAC address of `link` in namespace `ns`.
-fn link_mac(ns: &Netns, link: &str) -> anyhow::Result<String> {
-    let out = ns
-        .command("ip")
-        .args(["-o", "link", "show", "dev", link])
-        .output()
-        .with_context(|| format!("ip link show {link}"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "link/ether")
-        .nth(1)
-        .map(str::to_owned)
-        .with_context(|| format!("no MAC address for {link} in {text:?}"))
 }
 
 pub fn run(opts: &MeshOpts, quick: bool) -> anyhow::Result<Report> {
