@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 
 use swarm_proto::v1 as pb;
 
-use super::view::{NetView, parse_node_addr};
+use super::view::{NetView, holds_address, parse_node_addr};
 use crate::allocator::ipam::parse_cidr_addr;
 use crate::dataplane::{PortMapping, Proto};
 
@@ -87,7 +87,7 @@ fn backends(view: &NetView, by: &PeersBy<'_>, service_id: &str, network_id: &str
         .get(&(service_id, network_id))
         .into_iter()
         .flatten()
-        .filter(|p| p.state <= pb::TaskState::Running as i32)
+        .filter(|p| holds_address(p))
         .filter_map(|p| {
             let local = view.own_node.as_deref() == Some(p.node_id.as_str());
             Some(Backend {

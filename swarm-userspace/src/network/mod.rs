@@ -335,17 +335,17 @@ impl NetworkAgent {
                 tracing::warn!(service = %id, error = %e, "cannot install a service frontend");
                 continue;
             }
-            if (!same_frontend || have.map(|(_, b)| b) != Some(&backends))
-                && let Err(e) = self.overlay.set_backends(&id, &backends)
-            {
-                tracing::warn!(service = %id, error = %e, "cannot set a service's backends");
-                continue;
+            if !same_frontend || have.map(|(_, b)| b) != Some(&backends) {
+                if let Err(e) = self.overlay.set_backends(&id, &backends) {
+                    tracing::warn!(service = %id, error = %e, "cannot set a service's backends");
+                    continue;
+                }
+                tracing::debug!(
+                    service = %id,
+                    backends = ?backends.iter().map(|b| (b.addr, b.draining)).collect::<Vec<_>>(),
+                    "load balancer backends set"
+                );
             }
-            tracing::debug!(
-                service = %id,
-                backends = ?backends.iter().map(|b| (b.addr, b.draining)).collect::<Vec<_>>(),
-                "load balancer backends set"
-            );
             st.lb.insert(id, (fe, backends));
         }
     }
