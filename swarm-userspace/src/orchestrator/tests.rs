@@ -1075,6 +1075,58 @@ fn a_failing_update_rolls_back() {
     );
 }
 
+/// The rollback can finish while the failed slot waits out its restart
+/// delay; the restart that follows is no update of its own (it was read as
+/// one, and "update completed" overwrote "rollback completed").
+#[test]
+fn a_restart_after_a_completed_rollback_keeps_its_status() {
+    let mut sim = setup(&["a"]);
+    let mut s = service("web", replicated(2));
+    update_config(&mut s, |c| {
+        c.failure_action = pb::UpdateFailureAction::Rollback.into()
+    });
+    sim.add_service(s);
+    sim.settle(10);
+    set_image(&mut sim, "web", "bb:bad");
+    assert!(rounds_until(
+        &mut sim,
+        10,
+        |t| image(t) == "bb:bad",
+        |s| { status(s, "web").0 == pb::UpdateState::RollbackStarted }
+    ));
+    // The other slot still runs bb:1: nothing to roll back, done at once.
+    sim.advance(1);
+    sim.orchestrate();
+    assert_eq!(
+        status(&sim, "web"),
+        (
+            pb::UpdateState::RollbackCompleted,
+            update::MSG_ROLLBACK_COMPLETED.into()
+        )
+    );
+    // The failed slot restarts after its delay; every pass of the way
+    // (created, assigned, running) leaves the status alone.
+    sim.advance(5);
+    let actions = sim.orchestrate();
+    assert_eq!(creates(&actions).len(), 1, "{actions:#?}");
+    assert!(service_updates(&actions).is_empty(), "{actions:#?}");
+    for _ in 0..5 {
+        sim.orchestrate();
+        sim.schedule();
+        sim.orchestrate();
+        sim.agents(|_| false);
+        sim.advance(10);
+    }
+    assert_eq!(
+        status(&sim, "web"),
+        (
+            pb::UpdateState::RollbackCompleted,
+            update::MSG_ROLLBACK_COMPLETED.into()
+        )
+    );
+    assert_eq!(images(&sim, "web"), ["bb:1", "bb:1"]);
+}
+
 #[test]
 fn a_failing_rollback_pauses() {
     let mut sim = setup(&["a"]);

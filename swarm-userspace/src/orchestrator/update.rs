@@ -25,6 +25,11 @@
 //! the slots from the store and may forget failures seen before, as
 //! swarmkit does.
 //!
+//! Only a spec change (which clears the status) starts an update. Once an
+//! update or rollback has completed, a slot found out of date later (a
+//! restart racing the rollback) is replaced without touching the status
+//! or counting failures.
+//!
 //! Never writes the service spec except for an automatic rollback, and
 //! never touches the update status while it is paused.
 
@@ -276,6 +281,11 @@ pub(crate) fn stage(
         return UpdateOutcome::Paused { reason };
     }
     let rollback = is_update(status, U::RollbackStarted);
+    let active = is_update(status, U::Updating) || rollback;
+    // A finished update or rollback is over: a slot that is out of date
+    // after it (a straggler of a race) is replaced quietly, never read as a
+    // new update. Only a spec change, which clears the status, starts one.
+    let settled = is_update(status, U::Completed) || is_update(status, U::RollbackCompleted);
     let cfg = Config::of(if rollback {
         spec.rollback.as_ref()
     } else {
@@ -358,8 +368,9 @@ pub(crate) fn stage(
     }
 
     // A fresh progress (new leader, or new spec) adopts replacements that
-    // are already under way, so they keep holding their lanes.
-    if !progress.begun {
+    // are already under way, so they keep holding their lanes. After a
+    // finished update there are none: a restart is not a replacement.
+    if !progress.begun && active {
         let started_at = service
             .update_status
             .as_ref()
@@ -374,6 +385,8 @@ pub(crate) fn stage(
                 progress.tracked.entry(id(t).to_owned()).or_default();
             }
         }
+    }
+    if !progress.begun {
         progress.total_slots = dirty.len() + progress.tracked.len();
         progress.begun = true;
     }
@@ -412,7 +425,7 @@ pub(crate) fn stage(
     }
 
     // Failures.
-    if cfg.failure_action != pb::UpdateFailureAction::Continue {
+    if active && cfg.failure_action != pb::UpdateFailureAction::Continue {
         let found: Vec<String> = positions
             .iter()
             .filter(|(task_id, ix)| {
@@ -456,10 +469,7 @@ pub(crate) fn stage(
             .saturating_sub(busy)
     };
 
-    if (!dirty.is_empty() || busy > 0)
-        && !is_update(status, U::Updating)
-        && !is_update(status, U::RollbackStarted)
-    {
+    if (!dirty.is_empty() || busy > 0) && !active && !settled {
         plan.update_service(with_status(
             service,
             U::Updating,
@@ -509,7 +519,7 @@ pub(crate) fn stage(
     }
 
     // Nothing dirty, nothing busy.
-    if !is_update(status, U::Updating) && !is_update(status, U::RollbackStarted) {
+    if !active {
         return UpdateOutcome::Idle;
     }
     let last = progress.tracked.values().filter_map(|t| t.done_at).max();
