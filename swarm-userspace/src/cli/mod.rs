@@ -413,9 +413,37 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often a read-modify-write is tried when the object changed under it
+/// (managers update node status and service update status concurrently).
+pub(crate) const UPDATE_ATTEMPTS: u32 = 8;
+
+/// Waits before re-reading after a version conflict, doubling from 50 ms.
+/// A follower serves the read from its own store, which learns of a commit
+/// up to a Raft heartbeat (150 ms) after the leader: retrying at once read
+/// the same stale version again and again.
+pub(crate) async fn conflict_backoff(attempt: u32) {
+    let ms = 50u64 << attempt.clamp(1, 6).saturating_sub(1);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn conflict_retries_wait_longer_each_time_and_span_a_few_heartbeats() {
+        let start = tokio::time::Instant::now();
+        let mut waits = Vec::new();
+        for attempt in 1..UPDATE_ATTEMPTS {
+            let t = tokio::time::Instant::now();
+            conflict_backoff(attempt).await;
+            waits.push(t.elapsed().as_millis());
+        }
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1600, 1600]);
+        // Long enough for a follower to catch up many times over, short
+        // enough that a real conflict still fails in seconds.
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+    }
 
     #[test]
     fn durations_parse_like_docker() {

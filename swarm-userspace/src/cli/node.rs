@@ -13,7 +13,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use swarm_proto::v1 as pb;
 
 use super::{
-    json,
+    UPDATE_ATTEMPTS, conflict_backoff, json,
     output::{self, Format, capitalize, natural_cmp, table},
 };
 use crate::api::client::Client;
@@ -291,10 +291,6 @@ async fn update(client: &Client, args: &UpdateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often a change is re-applied when the node changed underneath it
-/// (the managers update node status concurrently).
-const UPDATE_ATTEMPTS: usize = 5;
-
 /// Reads the node, applies `change` to its spec and writes it with the
 /// version read; on a version conflict reads again and re-applies, so a
 /// change ("add this label") is never lost to a concurrent status update.
@@ -319,7 +315,9 @@ async fn modify_spec(
             .await
         {
             Ok(_) => return Ok(()),
-            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => continue,
+            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => {
+                conflict_backoff(attempt).await;
+            }
             Err(s) => return Err(client.rpc_error(s).into()),
         }
     }

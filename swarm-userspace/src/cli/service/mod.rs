@@ -27,6 +27,7 @@ use self::{
     view::{service_id, service_name},
 };
 use super::{
+    UPDATE_ATTEMPTS, conflict_backoff,
     output::Format,
     task::{cmp_tasks, ps_table, task_id, task_json, task_name},
 };
@@ -160,10 +161,6 @@ async fn create(client: &Client, a: &CreateArgs) -> anyhow::Result<()> {
     wait(client, &svc, false, a.common.quiet).await
 }
 
-/// How often a change is re-applied when the service changed underneath
-/// it (the orchestrators write update status concurrently).
-const UPDATE_ATTEMPTS: usize = 5;
-
 /// Reads the service, applies `change` to its spec and writes it with the
 /// version read; on a version conflict reads again and re-applies.
 async fn modify_spec(
@@ -193,7 +190,9 @@ async fn modify_spec(
                     .service
                     .context("the manager returned no service");
             }
-            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => continue,
+            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => {
+                conflict_backoff(attempt).await;
+            }
             Err(s) => return Err(client.rpc_error(s).into()),
         }
     }
@@ -244,7 +243,9 @@ async fn rollback(
                     .service
                     .context("the manager returned no service")?;
             }
-            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => continue,
+            Err(s) if s.code() == tonic::Code::Aborted && attempt < UPDATE_ATTEMPTS => {
+                conflict_backoff(attempt).await;
+            }
             Err(s) => return Err(client.rpc_error(s).into()),
         }
     };
