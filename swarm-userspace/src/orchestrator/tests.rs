@@ -901,6 +901,36 @@ fn stop_first_updates_one_slot_at_a_time() {
     assert_eq!(st.completed_at, Some(at(5).into()));
 }
 
+/// The leader skips passes for tasks merely reaching RUNNING unless an
+/// update awaits one of its replacements.
+#[test]
+fn an_update_awaits_its_replacements_until_they_run() {
+    let mut sim = setup(&["a"]);
+    sim.add_service(service("web", replicated(2)));
+    sim.settle(10);
+    let awaits = |sim: &Sim| sim.progress.get("web").is_some_and(UpdateProgress::awaits_tasks);
+    assert!(!awaits(&sim), "no update, nothing awaited");
+    set_image(&mut sim, "web", "bb:2");
+    sim.orchestrate();
+    assert!(awaits(&sim));
+    sim.schedule();
+    sim.agents(|_| false);
+    sim.orchestrate();
+    sim.schedule();
+    sim.agents(|_| false);
+    assert!(awaits(&sim), "the old task stopped, the new one not yet seen running");
+    sim.orchestrate();
+    sim.schedule();
+    sim.agents(|_| false);
+    sim.orchestrate();
+    sim.schedule();
+    sim.agents(|_| false);
+    sim.orchestrate();
+    sim.settle(20);
+    assert_eq!(images(&sim, "web"), ["bb:2", "bb:2"]);
+    assert!(!awaits(&sim), "every replacement ran");
+}
+
 #[test]
 fn start_first_starts_the_new_task_before_stopping_the_old() {
     let mut sim = setup(&["a"]);

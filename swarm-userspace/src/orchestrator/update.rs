@@ -156,6 +156,13 @@ pub struct UpdateStep {
 }
 
 impl UpdateProgress {
+    /// Whether a replacement this update started has not run (or ended)
+    /// yet: only then does a task reaching RUNNING call for a step.
+    #[must_use]
+    pub fn awaits_tasks(&self) -> bool {
+        self.tracked.values().any(|t| t.done_at.is_none())
+    }
+
     /// One step of the update of `service`, given all its tasks. Only the
     /// update supervisor's own decisions: restarts, scaling and the reaper
     /// are left to [`orchestrate`](super::orchestrate), which runs them
