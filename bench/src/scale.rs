@@ -77,6 +77,10 @@ struct JoinStep {
 
 #[derive(Debug, Default, Serialize)]
 struct Results {
+    /// Raft elections (term increases) from the first join to the end.
+    elections: Option<u64>,
+    /// Which manager (1-3) led at each step, in order.
+    leaders: Vec<(String, Option<usize>)>,
     idle_cpu_cores: Option<f64>,
     joins: Vec<JoinStep>,
     placement_s: Option<f64>,
@@ -119,6 +123,47 @@ fn cpu_over(pid: u32, window: Duration) -> Option<f64> {
     let before = cpu_seconds(pid)?;
     std::thread::sleep(window);
     Some((cpu_seconds(pid)? - before) / window.as_secs_f64())
+}
+
+/// One unlabelled series from node `n`'s metrics.
+fn metric_value(n: &Node, series: &str) -> Option<f64> {
+    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
+    let resp = n
+        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
+        .ok()?;
+    resp.body.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|v| v.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// The manager (1-3) that says it leads, if exactly one does.
+fn leader_of(c: &Cluster) -> Option<usize> {
+    let leading: Vec<usize> = (1..=3)
+        .filter(|&i| metric_value(c.node(i), "swarm_raft_is_leader") == Some(1.0))
+        .collect();
+    (leading.len() == 1).then(|| leading[0])
+}
+
+/// The highest Raft term any manager reports.
+fn term_of(c: &Cluster) -> Option<u64> {
+    (1..=3)
+        .filter_map(|i| metric_value(c.node(i), "swarm_raft_term"))
+        .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))))
+        .map(|t| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let t = t as u64;
+            t
+        })
+}
+
+/// CPU cores the leader used over `window`, if one manager led throughout.
+fn leader_cpu_over(c: &Cluster, window: Duration) -> Option<f64> {
+    let leader = leader_of(c)?;
+    let pid = c.node(leader).pid()?;
+    let cpu = cpu_over(pid, window)?;
+    (leader_of(c) == Some(leader)).then_some(cpu)
 }
 
 /// One sample of the leader's `swarm_manager_*{state=...}` gauges.
@@ -226,14 +271,15 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
             ],
         )?;
     }
-    let leader_pid = n1.pid().context("the leader's daemon is not running")?;
     time_until(
         Instant::now(),
         Duration::from_secs(30),
         "3 managers ready",
         || manager_gauge(c.node(1), "nodes", "ready") == Some(3),
     )?;
-    res.idle_cpu_cores = cpu_over(leader_pid, opts.window);
+    let term_start = term_of(c);
+    res.leaders.push(("3 managers up".into(), leader_of(c)));
+    res.idle_cpu_cores = leader_cpu_over(c, opts.window);
     println!(
         "scale: 3 managers up; leader idle CPU {:.3} cores",
         res.idle_cpu_cores.unwrap_or(f64::NAN)
@@ -266,12 +312,14 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
         let want = u64::try_from(target + 3)?;
         let timeout = Duration::from_secs(60) + Duration::from_millis(30 * target as u64);
         let join_s = time_until(t0, timeout, "simulated nodes ready", || {
-            manager_gauge(c.node(1), "nodes", "ready") == Some(want)
+            manager_gauge(c.node(leader_of(c).unwrap_or(1)), "nodes", "ready") == Some(want)
         })?;
+        res.leaders
+            .push((format!("{target} nodes ready"), leader_of(c)));
         println!("scale: {target} simulated nodes ready after {join_s:.2} s");
         // Let the join burst's proposals settle before measuring.
         std::thread::sleep(Duration::from_secs(2));
-        let cpu = cpu_over(leader_pid, opts.window);
+        let cpu = leader_cpu_over(c, opts.window);
         println!(
             "scale: leader CPU with {target} nodes: {:.3} cores",
             cpu.unwrap_or(f64::NAN)
@@ -285,9 +333,14 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
 
     let nodes = opts.nodes.last().copied().unwrap_or(0);
     res.decision_only_s = Some(decision_only(nodes, opts.tasks));
+    let leader = leader_of(c).context("no single leader before placement")?;
+    let leader_pid = c
+        .node(leader)
+        .pid()
+        .context("the leader's daemon is not running")?;
     res.rss_before_bytes = rss_bytes(leader_pid);
     let t0 = Instant::now();
-    let n1 = c.node(1);
+    let n1 = c.node(leader);
     swarm_ok(
         n1,
         &[
@@ -306,18 +359,31 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     let want = u64::try_from(opts.tasks)?;
     let timeout = Duration::from_secs(120) + Duration::from_millis(opts.tasks as u64);
     let placement = time_until(t0, timeout, "every task running", || {
-        manager_gauge(c.node(1), "tasks", "running") == Some(want)
+        manager_gauge(c.node(leader_of(c).unwrap_or(leader)), "tasks", "running") == Some(want)
     })?;
     res.placement_s = Some(placement);
-    res.rss_after_bytes = rss_bytes(leader_pid);
+    // RSS growth means something only if the same manager still leads.
+    res.rss_after_bytes = rss_bytes(leader_pid).filter(|_| leader_of(c) == Some(leader));
+    res.leaders.push(("tasks running".into(), leader_of(c)));
     println!("scale: {} tasks running after {placement:.2} s", opts.tasks);
 
     let t0 = Instant::now();
-    swarm_ok(n1, &["service", "rm", "scale"])?;
+    swarm_ok(
+        c.node(leader_of(c).unwrap_or(leader)),
+        &["service", "rm", "scale"],
+    )?;
     res.removal_s = Some(time_until(t0, timeout, "every task removed", || {
-        let running = manager_gauge(c.node(1), "tasks", "running");
+        let running = manager_gauge(c.node(leader_of(c).unwrap_or(leader)), "tasks", "running");
         running == Some(0) || running.is_none()
     })?);
+    res.leaders.push(("tasks removed".into(), leader_of(c)));
+    res.elections = term_start.zip(term_of(c)).map(|(a, b)| b.saturating_sub(a));
+    println!(
+        "scale: Raft elections during the run: {}; leaders: {:?}",
+        res.elections
+            .map_or_else(|| "unknown".into(), |e| e.to_string()),
+        res.leaders
+    );
     for mut s in simulators {
         s.terminate(Duration::from_secs(10));
     }
@@ -452,7 +518,21 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         None,
         Better::Lower,
     ));
+    #[allow(clippy::cast_precision_loss)]
+    rows.push(Row::new(
+        "Raft elections during the run",
+        "count",
+        r.elections.map(|e| e as f64),
+        None,
+        Better::Lower,
+    ));
     let notes = vec![
+        format!(
+            "the leader is found through swarm_raft_is_leader on every manager at each step \
+             (which manager led: {:?}); a CPU or memory figure is left out when leadership \
+             moved during its window",
+            r.leaders
+        ),
         format!(
             "3 managers (real daemons in network namespaces on one bridge) and simulated workers \
              (`swarm simulate`, up to {NODES_PER_SIMULATOR} per process, each process in its own \

@@ -908,7 +908,11 @@ fn an_update_awaits_its_replacements_until_they_run() {
     let mut sim = setup(&["a"]);
     sim.add_service(service("web", replicated(2)));
     sim.settle(10);
-    let awaits = |sim: &Sim| sim.progress.get("web").is_some_and(UpdateProgress::awaits_tasks);
+    let awaits = |sim: &Sim| {
+        sim.progress
+            .get("web")
+            .is_some_and(UpdateProgress::awaits_tasks)
+    };
     assert!(!awaits(&sim), "no update, nothing awaited");
     set_image(&mut sim, "web", "bb:2");
     sim.orchestrate();
@@ -918,7 +922,10 @@ fn an_update_awaits_its_replacements_until_they_run() {
     sim.orchestrate();
     sim.schedule();
     sim.agents(|_| false);
-    assert!(awaits(&sim), "the old task stopped, the new one not yet seen running");
+    assert!(
+        awaits(&sim),
+        "the old task stopped, the new one not yet seen running"
+    );
     sim.orchestrate();
     sim.schedule();
     sim.agents(|_| false);

@@ -89,6 +89,22 @@ async fn next_wake(
     Wake::Items(items)
 }
 
+/// Runs `f`, a long synchronous stretch of a pass (deciding over 100,000
+/// tasks, preparing as many writes: up to seconds), without holding up the
+/// async tasks queued on this runtime worker: on the daemon's 2-worker
+/// runtime, Raft's heartbeats and the dispatcher's sessions were starved
+/// behind such passes, followers called elections and nodes were marked
+/// down. Runs `f` in place on a current-thread runtime (unit tests).
+pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// Proposes `write`'s actions in chunks of [`MAX_ACTIONS_PER_PROPOSAL`].
 /// `write` adds everything to one transaction (so the checks see earlier
 /// writes); the chunks then go out in order, several in Raft at once
@@ -99,7 +115,7 @@ pub(crate) async fn propose_chunked(
     m: &Manager,
     write: impl FnOnce(&mut WriteTx) -> Result<(), StoreError>,
 ) -> Result<usize, UpdateError> {
-    let actions: Vec<pb::StoreAction> = m.store.prepare(write)?;
+    let actions: Vec<pb::StoreAction> = off_runtime(|| m.store.prepare(write))?;
     let n = actions.len();
     if n == 0 {
         return Ok(0);
@@ -192,5 +208,37 @@ mod tests {
         );
         let flat: Vec<i32> = c.into_iter().flatten().map(|a| a.kind).collect();
         assert_eq!(flat, (0..2500).collect::<Vec<_>>());
+    }
+
+    /// The point of `off_runtime`: other tasks on the runtime (Raft's
+    /// heartbeats) keep running while a pass computes. With one worker and
+    /// the pass computing in place, the ticker would not tick at all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_long_pass_leaves_the_runtime_free() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let ticks = Arc::new(AtomicUsize::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                counter.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let before = ticks.load(Ordering::Relaxed);
+        off_runtime(|| std::thread::sleep(Duration::from_millis(300)));
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        assert!(during >= 5, "the runtime ticked {during} times in 300 ms");
+    }
+
+    #[test]
+    fn off_runtime_runs_in_place_outside_a_multi_thread_runtime() {
+        assert_eq!(off_runtime(|| 7), 7);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(async { off_runtime(|| 8) }), 8);
     }
 }

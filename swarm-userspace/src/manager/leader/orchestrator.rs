@@ -45,13 +45,16 @@ enum TaskChange {
 fn task_change(old: &pb::Task, new: &pb::Task) -> TaskChange {
     let state = |t: &pb::Task| t.status.as_ref().map_or(0, |s| s.state);
     let (before, after) = (state(old), state(new));
-    let moved_forward = after >= before && before >= S::Assigned as i32;
+    // Allocation (NEW to PENDING) and assignment (PENDING to ASSIGNED, a
+    // node where there was none) are progress too: a task wanted running
+    // that is not yet assigned counts as stopped only for a stop-first
+    // start, which waits for its old task to stop, never for this.
     if old.desired_state == new.desired_state
         && new.desired_state <= S::Running as i32
-        && old.node_id == new.node_id
+        && (old.node_id == new.node_id || old.node_id.is_empty())
         && old.slot == new.slot
+        && before <= after
         && after <= S::Running as i32
-        && moved_forward
     {
         TaskChange::Progress
     } else {
@@ -161,7 +164,11 @@ impl OrchestratorLoop {
             dirty
                 .progressed
                 .iter()
-                .filter(|id| term.progress.get(*id).is_some_and(UpdateProgress::awaits_tasks))
+                .filter(|id| {
+                    term.progress
+                        .get(*id)
+                        .is_some_and(UpdateProgress::awaits_tasks)
+                })
                 .cloned(),
         );
         ids.extend(
@@ -171,25 +178,27 @@ impl OrchestratorLoop {
                 .map(|(id, _)| id.clone()),
         );
         let mut actions = Vec::new();
-        for id in &ids {
-            let tasks = view.tasks_by_service(id);
-            match view.get::<pb::Service>(id) {
-                Some(service) => {
-                    let progress = term.progress.entry(id.clone()).or_default();
-                    let acts = orchestrate(&ctx, &service, &tasks, progress);
-                    match next_wake(&acts) {
-                        Some(at) => term.wakes.insert(id.clone(), at),
-                        None => term.wakes.remove(id),
-                    };
-                    actions.extend(acts);
-                }
-                None => {
-                    term.progress.remove(id);
-                    term.wakes.remove(id);
-                    actions.extend(orphans(&ctx, &tasks));
+        super::off_runtime(|| {
+            for id in &ids {
+                let tasks = view.tasks_by_service(id);
+                match view.get::<pb::Service>(id) {
+                    Some(service) => {
+                        let progress = term.progress.entry(id.clone()).or_default();
+                        let acts = orchestrate(&ctx, &service, &tasks, progress);
+                        match next_wake(&acts) {
+                            Some(at) => term.wakes.insert(id.clone(), at),
+                            None => term.wakes.remove(id),
+                        };
+                        actions.extend(acts);
+                    }
+                    None => {
+                        term.progress.remove(id);
+                        term.wakes.remove(id);
+                        actions.extend(orphans(&ctx, &tasks));
+                    }
                 }
             }
-        }
+        });
         if actions
             .iter()
             .all(|a| matches!(a, Action::ReconcileAt { .. }))
@@ -282,9 +291,11 @@ impl ControlLoop for OrchestratorLoop {
                     let now = SystemTime::now();
                     term.wakes.values().any(|at| *at <= now)
                 };
-                dirty
-                    .progressed
-                    .retain(|id| term.progress.get(id).is_some_and(UpdateProgress::awaits_tasks));
+                dirty.progressed.retain(|id| {
+                    term.progress
+                        .get(id)
+                        .is_some_and(UpdateProgress::awaits_tasks)
+                });
                 if !dirty.is_empty() || due {
                     match self.pass(&mut term, &dirty).await {
                         Ok(_) => dirty = Dirty::default(),
@@ -393,10 +404,15 @@ mod tests {
                 "{from:?} -> {to:?}"
             );
         }
+        let mut unassigned = at(S::Pending, run);
+        unassigned.node_id.clear();
+        assert_eq!(
+            task_change(&unassigned, &at(S::Assigned, run)),
+            TaskChange::Progress,
+            "the scheduler's assignment"
+        );
         let matters = [
-            // The scheduler's assignment: below ASSIGNED a task counts as
-            // stopped.
-            (at(S::Pending, run), at(S::Assigned, run)),
+            (at(S::Running, run), at(S::Accepted, run)),
             (at(S::Running, run), at(S::Failed, run)),
             (at(S::Running, run), at(S::Complete, run)),
             (at(S::Running, run), at(S::Running, S::Shutdown)),
@@ -404,11 +420,18 @@ mod tests {
             (at(S::Running, S::Shutdown), at(S::Running, S::Shutdown)),
         ];
         for (old, new) in &matters {
-            assert_eq!(task_change(old, new), TaskChange::Matters, "{old:?} -> {new:?}");
+            assert_eq!(
+                task_change(old, new),
+                TaskChange::Matters,
+                "{old:?} -> {new:?}"
+            );
         }
         let mut moved = at(S::Running, run);
         moved.node_id = "elsewhere".into();
-        assert_eq!(task_change(&at(S::Running, run), &moved), TaskChange::Matters);
+        assert_eq!(
+            task_change(&at(S::Running, run), &moved),
+            TaskChange::Matters
+        );
     }
 
     #[test]
@@ -423,7 +446,10 @@ mod tests {
         let mut d = Dirty::default();
         d.note_items(&[WatchItem::Commit {
             version: 1,
-            events: vec![event(at(S::Assigned, S::Running), at(S::Running, S::Running))],
+            events: vec![event(
+                at(S::Assigned, S::Running),
+                at(S::Running, S::Running),
+            )],
         }]);
         assert!(d.services.is_empty());
         assert!(d.progressed.contains("svc"));

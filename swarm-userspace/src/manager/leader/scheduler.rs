@@ -75,7 +75,8 @@ impl Term for SchedulerTerm {
         let now = SystemTime::now();
         failures.prune(now);
         let started = std::time::Instant::now();
-        let decisions = schedule(&NodeSet::from_view(&view), &pending, failures, now);
+        let decisions =
+            super::off_runtime(|| schedule(&NodeSet::from_view(&view), &pending, failures, now));
         let decided = started.elapsed();
         let placed = decisions.assigned.len();
         let n = propose_chunked(m, |tx| decisions.write(tx, now)).await?;
