@@ -141,7 +141,7 @@ fn metric_value(n: &Node, series: &str) -> Option<f64> {
 /// The manager (1-3) that says it leads, if exactly one does.
 fn leader_of(c: &Cluster) -> Option<usize> {
     let leading: Vec<usize> = (1..=3)
-        .filter(|&i| metric_value(c.node(i), "swarm_raft_is_leader") == Some(1.0))
+        .filter(|&i| metric_value(c.node(i), "swarm_manager_leader") == Some(1.0))
         .collect();
     (leading.len() == 1).then(|| leading[0])
 }
@@ -528,7 +528,7 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
     ));
     let notes = vec![
         format!(
-            "the leader is found through swarm_raft_is_leader on every manager at each step \
+            "the leader is found through swarm_manager_leader on every manager at each step \
              (which manager led: {:?}); a CPU or memory figure is left out when leadership \
              moved during its window",
             r.leaders
