@@ -136,13 +136,17 @@ impl Manager {
         config.raft.snapshot_interval = 0;
         let channels = Arc::new(MtlsChannels::new(&root, &identity)?);
         let contacts = Contacts::default();
+        // Raft's channels are its own, so their connections run on Raft's
+        // runtime (see `raft::start`); both sets follow certificate
+        // rotations through the shared identity.
+        let raft_channels = Arc::new(MtlsChannels::new(&root, &identity)?);
         let (raft, storage) = raft::start(
             config.raft_id,
             &config.dir.raft(),
             &config.raft,
             &config.cluster_id,
             Arc::new(fsm::StoreFsm(store.clone())),
-            channels.clone(),
+            raft_channels,
             contacts.clone(),
         )
         .await?;

@@ -249,6 +249,34 @@ pub struct RaftStorage {
 /// snapshots in `dir/snapshots`), restores the newest snapshot into `fsm`,
 /// and starts Raft. A fresh directory starts an empty, uninitialised node:
 /// call `initialize` (new cluster) or wait to be added (joining manager).
+/// Raft's own runtime: two threads that run only openraft's tasks (core
+/// timers, replication, applying entries) and the manager-to-manager
+/// channels they open. On the daemon's shared runtime, heartbeats waited
+/// in one queue with thousands of node sessions, TLS handshakes and the
+/// leader's passes: at 10,000 simulated nodes the leader missed heartbeats
+/// for seconds and followers called elections. OS threads get their share
+/// of the CPU whatever the other runtime's queue holds. One per process,
+/// for the process's life (a manager that stops and starts again reuses
+/// it).
+fn runtime() -> Result<&'static tokio::runtime::Runtime, RaftError> {
+    static RUNTIME: std::sync::OnceLock<Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("swarm-raft")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| RaftError::Start(format!("cannot start Raft's runtime: {e}")))
+}
+
+/// Starts this manager's Raft node on Raft's own runtime ([`runtime`]).
+/// `channels` must be used by Raft alone: a channel's connection task runs
+/// on the runtime that first opened it.
 pub async fn start(
     id: RaftId,
     dir: &std::path::Path,
@@ -265,15 +293,15 @@ pub async fn start(
         &dir.join("snapshots"),
         settings.keep_old_snapshots,
     )?;
-    let raft = Raft::new(
-        id,
-        config,
-        network::Network::new(channels, contacts),
-        log.clone(),
-        sm.clone(),
-    )
-    .await
-    .map_err(|e| RaftError::Start(e.to_string()))?;
+    let network = network::Network::new(channels, contacts);
+    let (log2, sm2) = (log.clone(), sm.clone());
+    // Raft::new spawns the core, replication and state machine tasks on
+    // the runtime it runs on: they then live on Raft's own threads.
+    let raft = runtime()?
+        .spawn(async move { Raft::new(id, config, network, log2, sm2).await })
+        .await
+        .map_err(|e| RaftError::Start(e.to_string()))?
+        .map_err(|e| RaftError::Start(e.to_string()))?;
     Ok((
         raft,
         RaftStorage {
