@@ -35,9 +35,9 @@ pub fn propose_status(e: ProposeError) -> Status {
     match e {
         // Not UNAVAILABLE: the daemon answered; it is the cluster that
         // cannot take the write (clients read UNAVAILABLE as "no daemon").
-        ProposeError::NotLeader { .. } | ProposeError::NoQuorum { .. } => {
-            Status::failed_precondition(e.to_string())
-        }
+        ProposeError::NotLeader { .. }
+        | ProposeError::NoQuorum { .. }
+        | ProposeError::Timeout { .. } => Status::failed_precondition(e.to_string()),
         ProposeError::Rejected(r) if r.contains("out of sequence") => Status::aborted(format!(
             "the object changed while this update was in flight; read it again and retry ({r})"
         )),
@@ -357,5 +357,37 @@ impl node_ca_server::NodeCa for NodeCaService {
             certificate_pem: cert.to_pem().into_bytes(),
             root_ca_pem: root.cert_pem().into_bytes(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_commit_with_a_majority_is_not_called_a_lost_quorum() {
+        let slow = ProposeError::Timeout {
+            after: Duration::from_secs(5),
+            reachable: 2,
+            managers: 3,
+        };
+        let s = propose_status(slow);
+        assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            s.message()
+                .starts_with("the write was not committed within 5s"),
+            "{}",
+            s.message()
+        );
+        assert!(!s.message().contains("no quorum:"), "{}", s.message());
+        let lost = propose_status(ProposeError::NoQuorum {
+            reachable: 1,
+            managers: 3,
+        });
+        assert!(
+            lost.message().starts_with("no quorum: 1 of 3"),
+            "{}",
+            lost.message()
+        );
     }
 }

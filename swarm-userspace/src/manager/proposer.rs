@@ -21,6 +21,14 @@ pub enum ProposeError {
         "no quorum: {reachable} of {managers} managers reachable; writes are refused until a majority is back (reads still work)"
     )]
     NoQuorum { reachable: usize, managers: usize },
+    #[error(
+        "the write was not committed within {after:?}: {reachable} of {managers} managers answer, but no quorum confirmed it in time (the managers may be overloaded: check their CPU and disk); retry"
+    )]
+    Timeout {
+        after: Duration,
+        reachable: usize,
+        managers: usize,
+    },
     #[error("rejected by the store: {0}")]
     Rejected(String),
     #[error("Raft failed: {0}")]
@@ -33,8 +41,9 @@ fn leader_hint(addr: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-/// Proposals [`Proposer::propose_pipelined`] keeps in Raft at once: as
-/// many as one AppendEntries carries.
+/// Proposals [`Proposer::propose_pipelined`] keeps in Raft at once: more
+/// than one AppendEntries carries, so replication always has the next
+/// entries ready.
 pub const PIPELINE: usize = 8;
 
 fn proposal(actions: Vec<pb::StoreAction>) -> Proposal {
@@ -174,7 +183,7 @@ impl Proposer {
         started: std::time::Instant,
     ) -> Result<u64, ProposeError> {
         let res = match tokio::time::timeout(self.timeout, rx).await {
-            Err(_) => Err(self.no_quorum()),
+            Err(_) => Err(self.timed_out()),
             Ok(Err(_)) => Err(ProposeError::Raft(
                 "Raft stopped before answering the proposal".into(),
             )),
@@ -202,11 +211,22 @@ impl Proposer {
         Ok(())
     }
 
-    fn no_quorum(&self) -> ProposeError {
+    /// A proposal that was not committed in time: for lack of a majority,
+    /// or (with a majority answering) because the managers are too slow.
+    /// Saying "no quorum: 2 of 3 reachable" for the latter misled.
+    fn timed_out(&self) -> ProposeError {
         let (reachable, managers) = self.reachability();
-        ProposeError::NoQuorum {
-            reachable,
-            managers,
+        if reachable * 2 <= managers {
+            ProposeError::NoQuorum {
+                reachable,
+                managers,
+            }
+        } else {
+            ProposeError::Timeout {
+                after: self.timeout,
+                reachable,
+                managers,
+            }
         }
     }
 
@@ -237,7 +257,7 @@ impl Proposer {
 
     async fn commit(&self, proposal: Proposal) -> Result<u64, ProposeError> {
         match tokio::time::timeout(self.timeout, self.raft.client_write(proposal)).await {
-            Err(_) => Err(self.no_quorum()),
+            Err(_) => Err(self.timed_out()),
             Ok(r) => self.outcome(r),
         }
     }
