@@ -1074,8 +1074,9 @@ fn rounds_until(
     false
 }
 
-#[test]
-fn a_failing_update_rolls_back() {
+/// Two replicas of web with `--update-failure-action rollback`, updated to
+/// an image whose tasks fail, driven until the rollback has started.
+fn failing_update_rolling_back() -> Sim {
     let mut sim = setup(&["a"]);
     let mut s = service("web", replicated(2));
     update_config(&mut s, |c| {
@@ -1090,6 +1091,22 @@ fn a_failing_update_rolls_back() {
         |t| image(t) == "bb:bad",
         |s| { status(s, "web").0 == pb::UpdateState::RollbackStarted }
     ));
+    sim
+}
+
+fn assert_rollback_completed(sim: &Sim) {
+    assert_eq!(
+        status(sim, "web"),
+        (
+            pb::UpdateState::RollbackCompleted,
+            update::MSG_ROLLBACK_COMPLETED.into()
+        )
+    );
+}
+
+#[test]
+fn a_failing_update_rolls_back() {
+    let mut sim = failing_update_rolling_back();
     let s = sim.service("web");
     assert!(
         status(&sim, "web")
@@ -1103,13 +1120,7 @@ fn a_failing_update_rolls_back() {
     assert_eq!(images(&sim, "web"), ["bb:1", "bb:1"]);
     sim.advance(10);
     sim.orchestrate();
-    assert_eq!(
-        status(&sim, "web"),
-        (
-            pb::UpdateState::RollbackCompleted,
-            update::MSG_ROLLBACK_COMPLETED.into()
-        )
-    );
+    assert_rollback_completed(&sim);
 }
 
 /// The rollback can finish while the failed slot waits out its restart
@@ -1117,30 +1128,11 @@ fn a_failing_update_rolls_back() {
 /// one, and "update completed" overwrote "rollback completed").
 #[test]
 fn a_restart_after_a_completed_rollback_keeps_its_status() {
-    let mut sim = setup(&["a"]);
-    let mut s = service("web", replicated(2));
-    update_config(&mut s, |c| {
-        c.failure_action = pb::UpdateFailureAction::Rollback.into()
-    });
-    sim.add_service(s);
-    sim.settle(10);
-    set_image(&mut sim, "web", "bb:bad");
-    assert!(rounds_until(
-        &mut sim,
-        10,
-        |t| image(t) == "bb:bad",
-        |s| { status(s, "web").0 == pb::UpdateState::RollbackStarted }
-    ));
+    let mut sim = failing_update_rolling_back();
     // The other slot still runs bb:1: nothing to roll back, done at once.
     sim.advance(1);
     sim.orchestrate();
-    assert_eq!(
-        status(&sim, "web"),
-        (
-            pb::UpdateState::RollbackCompleted,
-            update::MSG_ROLLBACK_COMPLETED.into()
-        )
-    );
+    assert_rollback_completed(&sim);
     // The failed slot restarts after its delay; every pass of the way
     // (created, assigned, running) leaves the status alone.
     sim.advance(5);
@@ -1154,13 +1146,7 @@ fn a_restart_after_a_completed_rollback_keeps_its_status() {
         sim.agents(|_| false);
         sim.advance(10);
     }
-    assert_eq!(
-        status(&sim, "web"),
-        (
-            pb::UpdateState::RollbackCompleted,
-            update::MSG_ROLLBACK_COMPLETED.into()
-        )
-    );
+    assert_rollback_completed(&sim);
     assert_eq!(images(&sim, "web"), ["bb:1", "bb:1"]);
 }
 
