@@ -108,6 +108,22 @@ impl ControlApi {
         })
     }
 
+    /// Holds a read until this manager's store has caught up with its own
+    /// admission to the managers (see [`Manager::caught_up`]); reads are
+    /// answered from local memory and would otherwise be older than the
+    /// promotion or join that made this node a manager.
+    async fn readable(&self) -> Result<(), Status> {
+        self.m
+            .caught_up(CATCH_UP_WAIT)
+            .await
+            .map_err(|c| {
+                Status::failed_precondition(format!(
+                    "this manager is still catching up with the swarm's Raft log (applied up to entry {}, joined at entry {}), so its answers would be out of date; retry in a moment or ask another manager",
+                    c.applied, c.joined_at
+                ))
+            })
+    }
+
     fn leader(&self) -> Result<ControlClient<tonic::transport::Channel>, Status> {
         self.m
             .leader_channel()
@@ -268,6 +284,10 @@ fn prepare_spec(
     Ok(spec)
 }
 
+/// How long a read waits for a manager fresh from its promotion or join
+/// to catch up before it is refused.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn now() -> prost_types::Timestamp {
     std::time::SystemTime::now().into()
 }
@@ -278,6 +298,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::GetNodeRequest>,
     ) -> Result<Response<pb::GetNodeResponse>, Status> {
+        self.readable().await?;
         let n = resolve_node(&self.m, &req.get_ref().node_ref)?;
         Ok(Response::new(pb::GetNodeResponse {
             node: Some((*n).clone()),
@@ -288,6 +309,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.readable().await?;
         let role = req.get_ref().role;
         let nodes = self
             .m
@@ -476,6 +498,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::GetServiceRequest>,
     ) -> Result<Response<pb::GetServiceResponse>, Status> {
+        self.readable().await?;
         let s = resolve_service(&self.m, &req.get_ref().service_ref)?;
         Ok(Response::new(pb::GetServiceResponse {
             service: Some((*s).clone()),
@@ -486,6 +509,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.readable().await?;
         let f = req.into_inner();
         service::validate_filters(&f)?;
         let services = self
@@ -623,6 +647,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.readable().await?;
         let r = req.into_inner();
         let view = self.m.store.view();
         let candidates: Vec<Arc<pb::Task>> = if !r.node_ids.is_empty() {
@@ -690,6 +715,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::GetNetworkRequest>,
     ) -> Result<Response<pb::GetNetworkResponse>, Status> {
+        self.readable().await?;
         let n = network::resolve(&self.m.store.view(), &req.get_ref().network_ref)?;
         Ok(Response::new(pb::GetNetworkResponse {
             network: Some((*n).clone()),
@@ -700,6 +726,7 @@ impl control_server::Control for ControlApi {
         &self,
         req: Request<pb::ListNetworksRequest>,
     ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        self.readable().await?;
         let f = req.into_inner();
         let networks = self
             .m
@@ -744,6 +771,7 @@ impl control_server::Control for ControlApi {
         &self,
         _req: Request<pb::GetClusterRequest>,
     ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        self.readable().await?;
         let c = cluster_of(&self.m)?;
         Ok(Response::new(pb::GetClusterResponse {
             cluster: Some(scrub(&c)),

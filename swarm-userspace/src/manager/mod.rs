@@ -100,6 +100,37 @@ pub struct Manager {
     /// prepared under it applies without version conflicts from the
     /// others.
     writes: Arc<tokio::sync::Mutex<()>>,
+    /// Set once this manager's store has caught up with the swarm (see
+    /// [`Manager::caught_up`]); never cleared while it runs.
+    caught_up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Where a manager that has not caught up stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CatchingUp {
+    pub applied: u64,
+    /// The index of the membership entry that names this manager.
+    pub joined_at: u64,
+}
+
+/// Whether a manager has applied its own admission: the leader, or a
+/// member whose state machine has applied the membership entry that
+/// names it (everything before it, such as its own promotion, with it).
+fn admission(m: &crate::raft::RaftMetrics) -> Result<(), CatchingUp> {
+    if m.current_leader == Some(m.id) {
+        return Ok(());
+    }
+    let applied = m.last_applied.map_or(0, |l| l.index);
+    let joined_at = m.membership_config.log_id().map_or(u64::MAX, |l| l.index);
+    let named = m.membership_config.membership().get_node(&m.id).is_some();
+    if named && applied >= joined_at {
+        Ok(())
+    } else {
+        Err(CatchingUp {
+            applied,
+            joined_at: if named { joined_at } else { 0 },
+        })
+    }
 }
 
 /// Why [`Manager::update`] wrote nothing.
@@ -171,6 +202,7 @@ impl Manager {
             identity,
             root,
             writes: Arc::new(tokio::sync::Mutex::new(())),
+            caught_up: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let server = ManagerServer {
             manager: manager.clone(),
@@ -183,6 +215,37 @@ impl Manager {
 
     pub fn is_leader(&self) -> bool {
         self.proposer.is_leader()
+    }
+
+    /// Waits (up to `wait`) until this manager's store holds at least what
+    /// the swarm held when it became a manager, so reads answered from it
+    /// are not older than its own promotion or join. A manager fresh from
+    /// a promotion used to list itself as a worker while its store was
+    /// still filling from the leader's log. Once caught up, it stays so.
+    pub async fn caught_up(&self, wait: Duration) -> Result<(), CatchingUp> {
+        use std::sync::atomic::Ordering;
+        if self.caught_up.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let mut rx = self.raft.metrics();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let state = admission(&rx.borrow_and_update());
+            match state {
+                Ok(()) => {
+                    self.caught_up.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(behind) => {
+                    if tokio::time::timeout_at(deadline, rx.changed())
+                        .await
+                        .map_or(true, |r| r.is_err())
+                    {
+                        return Err(behind);
+                    }
+                }
+            }
+        }
     }
 
     /// Holds off the other serialized writers (see [`Manager::update`])
@@ -421,5 +484,48 @@ mod tests {
         let shutdown = CancellationToken::new();
         let fails = async { Err::<(), _>("bind failed") };
         assert_eq!(drain_then_stop(fails, shutdown).await, Err("bind failed"));
+    }
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{BasicNode, CommittedLeaderId, LogId, Membership, StoredMembership};
+
+    use super::*;
+
+    fn metrics(me: u64, members: &[u64], joined_at: u64, applied: u64) -> crate::raft::RaftMetrics {
+        let mut m = crate::raft::RaftMetrics::new_initial(me);
+        let voters: BTreeSet<u64> = members.iter().copied().collect();
+        let nodes: BTreeMap<u64, BasicNode> =
+            voters.iter().map(|id| (*id, BasicNode::new("x"))).collect();
+        let log_id = |i| LogId::new(CommittedLeaderId::new(1, 1), i);
+        m.membership_config = Arc::new(StoredMembership::new(
+            Some(log_id(joined_at)),
+            Membership::new(vec![voters], nodes),
+        ));
+        m.last_applied = Some(log_id(applied));
+        m.current_leader = Some(1);
+        m
+    }
+
+    #[test]
+    fn a_new_manager_is_caught_up_once_it_applied_its_own_admission() {
+        let behind = admission(&metrics(4, &[1, 2, 4], 30, 20));
+        assert_eq!(
+            behind,
+            Err(CatchingUp {
+                applied: 20,
+                joined_at: 30
+            })
+        );
+        assert_eq!(admission(&metrics(4, &[1, 2, 4], 30, 30)), Ok(()));
+        // Not yet in any membership it has seen: nothing to compare with.
+        assert!(admission(&metrics(4, &[1, 2], 10, 25)).is_err());
+        // The leader is always current.
+        let mut leader = metrics(1, &[1, 2], 30, 5);
+        leader.current_leader = Some(1);
+        assert_eq!(admission(&leader), Ok(()));
     }
 }

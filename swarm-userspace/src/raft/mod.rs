@@ -40,6 +40,8 @@ openraft::declare_raft_types!(
 
 /// The running Raft handle.
 pub type Raft = openraft::Raft<TypeConfig>;
+/// What a manager's Raft reports about itself.
+pub type RaftMetrics = openraft::RaftMetrics<RaftId, openraft::BasicNode>;
 
 /// One replicated write: an opaque, deterministic payload for the state
 /// machine, stamped by the leader so every replica applies the same time.
