@@ -131,6 +131,10 @@ pub struct NetworkAgent {
     state: Arc<Mutex<State>>,
     /// Serializes namespace work (netlink handles are per call).
     work: Arc<tokio::sync::Mutex<()>>,
+    /// Serializes egress syncs: each reads the wanted subnets and installs
+    /// them, so an older sync must not install its (stale) set after a
+    /// newer one.
+    egress: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for NetworkAgent {
@@ -172,6 +176,7 @@ impl NetworkAgent {
             names,
             state: Arc::default(),
             work: Arc::default(),
+            egress: Arc::default(),
         }
     }
 
@@ -537,6 +542,10 @@ impl NetworkAgent {
     /// nodes with tasks on overlay networks have any; failures are logged
     /// (the overlay itself works without them).
     async fn sync_egress(&self) {
+        // Two syncs racing (a task attaching, a network update) used to
+        // install in either order: the older set could win, and a
+        // container's subnet went unmasqueraded until the next change.
+        let _egress = self.egress.lock().await;
         let want: Vec<Ipv4Net> = {
             let st = lock(&self.state);
             if st.local.is_empty() && st.egress.is_none() {
