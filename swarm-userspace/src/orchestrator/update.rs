@@ -377,23 +377,23 @@ pub(crate) fn stage(
     // A fresh progress (new leader, or new spec) adopts replacements that
     // are already under way, so they keep holding their lanes. After a
     // finished update there are none: a restart is not a replacement.
-    if !progress.begun && active {
-        let started_at = service
-            .update_status
-            .as_ref()
-            .and_then(|s| time_of(s.started_at.as_ref()));
-        for (i, t) in plan.tasks() {
-            let adopt = in_flight.contains(&i)
-                || (started_at.is_some_and(|at| super::task::created(t) >= at)
-                    && is_live(t)
-                    && state(t) < S::Running as i32
-                    && is_current(ctx, t, &target));
-            if adopt {
-                progress.tracked.entry(id(t).to_owned()).or_default();
+    if !progress.begun {
+        if active {
+            let started_at = service
+                .update_status
+                .as_ref()
+                .and_then(|s| time_of(s.started_at.as_ref()));
+            for (i, t) in plan.tasks() {
+                let adopt = in_flight.contains(&i)
+                    || (started_at.is_some_and(|at| super::task::created(t) >= at)
+                        && is_live(t)
+                        && state(t) < S::Running as i32
+                        && is_current(ctx, t, &target));
+                if adopt {
+                    progress.tracked.entry(id(t).to_owned()).or_default();
+                }
             }
         }
-    }
-    if !progress.begun {
         progress.total_slots = dirty.len() + progress.tracked.len();
         progress.begun = true;
     }

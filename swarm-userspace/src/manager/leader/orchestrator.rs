@@ -160,17 +160,8 @@ impl OrchestratorLoop {
         } else {
             dirty.services.clone()
         };
-        ids.extend(
-            dirty
-                .progressed
-                .iter()
-                .filter(|id| {
-                    term.progress
-                        .get(*id)
-                        .is_some_and(UpdateProgress::awaits_tasks)
-                })
-                .cloned(),
-        );
+        // Already narrowed by the run loop to services awaiting a task.
+        ids.extend(dirty.progressed.iter().cloned());
         ids.extend(
             term.wakes
                 .iter()
