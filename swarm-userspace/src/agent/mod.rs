@@ -140,7 +140,7 @@ impl Agent {
                 }
                 () = beat.due() => {
                     let hb = client.heartbeat(pb::HeartbeatRequest { session_id: session_id.clone() });
-                    match tokio::time::timeout(beat.period() * 2, hb).await {
+                    match tokio::time::timeout(beat.patience(), hb).await {
                         Ok(Ok(r)) => beat.answered(r.get_ref().period_ms),
                         Ok(Err(s)) => return redirect_or_fail(&s),
                         Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
@@ -265,8 +265,13 @@ impl Beat {
         }
     }
 
-    fn period(&self) -> Duration {
-        self.period
+    /// How long to wait for the leader's answer before giving the session
+    /// up: as long as the leader waits before it marks this node down.
+    /// A busy leader answers late (seconds, while it sends out a hundred
+    /// thousand assignments); giving up sooner only adds a new session,
+    /// its resync and its status resend to what it has to do.
+    fn patience(&self) -> Duration {
+        crate::dispatcher::grace(self.period)
     }
 
     async fn due(&self) {
@@ -367,7 +372,7 @@ impl ControlLoop for Agent {
                     continue;
                 }
                 SessionEnd::Failed(why) => {
-                    tracing::info!(manager = %addr, reason = %why, "session lost; trying the next manager");
+                    tracing::warn!(manager = %addr, reason = %why, "session lost; trying the next manager");
                 }
             }
             tokio::select! {
@@ -391,16 +396,25 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         // The swarm grew: the leader asks for a beat every 5 s.
         beat.answered(5000);
-        assert_eq!(beat.period(), Duration::from_secs(5));
+        assert_eq!(beat.period, Duration::from_secs(5));
         let t = tokio::time::Instant::now();
         beat.due().await;
         assert_eq!(t.elapsed(), Duration::from_secs(5));
     }
 
+    #[test]
+    fn the_agent_waits_for_an_answer_as_long_as_the_leader_waits_for_a_beat() {
+        let mut beat = Beat::new(1000);
+        assert_eq!(beat.patience(), crate::dispatcher::grace(beat.period));
+        assert_eq!(beat.patience(), Duration::from_secs(3));
+        beat.answered(5000);
+        assert_eq!(beat.patience(), Duration::from_secs(15));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_zero_period_does_not_make_the_agent_spin() {
         let mut beat = Beat::new(0);
-        assert_eq!(beat.period(), Beat::MIN_PERIOD);
+        assert_eq!(beat.period, Beat::MIN_PERIOD);
         beat.answered(0);
         let t = tokio::time::Instant::now();
         beat.due().await;

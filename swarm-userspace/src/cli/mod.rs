@@ -120,6 +120,10 @@ pub struct SimulateArgs {
     /// Memory each simulated node reports, in GiB.
     #[arg(long, default_value_t = 32)]
     pub memory_gib: i64,
+    /// Log level or filter, to stderr: warnings name sessions that failed
+    /// (heartbeat timeouts), which a run at scale should show.
+    #[arg(long, default_value = "warn")]
+    pub log_level: String,
     /// A manager's cluster address (HOST:PORT).
     pub manager: std::net::SocketAddr,
 }
@@ -376,6 +380,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// have all joined.
 async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    logging::init(&args.log_level, LogFormat::Text)?;
     let limit = crate::daemon::raise_open_files_limit()?;
     if u64::try_from(args.nodes).unwrap_or(u64::MAX) * 2 > limit {
         anyhow::bail!(
