@@ -90,6 +90,31 @@ fn joined_ago(node: &pb::Node, now: std::time::SystemTime) -> Option<Duration> {
     Some(now.duration_since(created).unwrap_or_default())
 }
 
+/// What the leader's periodic check does with one node.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    /// Silent past its grace: mark it down and end its session.
+    Down,
+    /// Marked down, yet its session is alive: the down write and the
+    /// opening of its new session crossed (the session's "ready" was
+    /// judged against the view before the "down" committed).
+    Ready,
+}
+
+/// `session`: whether the node's session is alive, if it has one;
+/// `awaiting`: whether a node without one still has time to open one.
+fn verdict(session: Option<bool>, awaiting: impl FnOnce() -> bool, state: i32) -> Verdict {
+    let down = state == pb::NodeState::Down as i32;
+    match session {
+        Some(true) if down => Verdict::Ready,
+        Some(true) => Verdict::Keep,
+        Some(false) => Verdict::Down,
+        None if down || awaiting() => Verdict::Keep,
+        None => Verdict::Down,
+    }
+}
+
 /// How long a node given `period` may stay silent before it is marked down.
 #[must_use]
 pub fn grace(period: Duration) -> Duration {
@@ -488,26 +513,43 @@ impl Dispatcher {
         ));
         let mut updates = Vec::new();
         {
-            let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            let open_before = sessions.len();
             for node in view.list::<pb::Node>() {
                 let id = node.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
                 let mut n = (*node).clone();
                 let mut changed = false;
-                let alive = match sessions.get(&id) {
-                    Some(s) => s.alive(now),
-                    None => awaiting_session(
+                let session = sessions.get(&id).map(|s| s.alive(now));
+                let awaiting = || {
+                    awaiting_session(
                         now.saturating_duration_since(leader_since),
                         joined_ago(&node, wall_now),
                         no_session_grace,
-                    ),
+                    )
                 };
                 let state = n.status.as_ref().map_or(0, |s| s.state);
-                if !alive && state != pb::NodeState::Down as i32 {
-                    let st = n.status.get_or_insert_with(Default::default);
-                    st.state = pb::NodeState::Down as i32;
-                    st.message = "heartbeat failure".into();
-                    changed = true;
-                    tracing::info!(node_id = %id, "node marked down: heartbeat failure");
+                match verdict(session, awaiting, state) {
+                    Verdict::Keep => {}
+                    Verdict::Down => {
+                        // Its session ends with it: the node must open a
+                        // new one (and resend its statuses) to be ready
+                        // again, as in swarmkit.
+                        sessions.remove(&id);
+                        if state != pb::NodeState::Down as i32 {
+                            let st = n.status.get_or_insert_with(Default::default);
+                            st.state = pb::NodeState::Down as i32;
+                            st.message = "heartbeat failure".into();
+                            changed = true;
+                            tracing::info!(node_id = %id, "node marked down: heartbeat failure");
+                        }
+                    }
+                    Verdict::Ready => {
+                        let st = n.status.get_or_insert_with(Default::default);
+                        st.state = pb::NodeState::Ready as i32;
+                        st.message.clear();
+                        changed = true;
+                        tracing::info!(node_id = %id, "node ready again: its session is alive");
+                    }
                 }
                 if let Some(ms) = n.manager_status.as_mut() {
                     let leader = Some(ms.raft_id) == leader_raft;
@@ -528,6 +570,9 @@ impl Dispatcher {
                 if changed {
                     updates.push(n);
                 }
+            }
+            if sessions.len() != open_before {
+                self.publish_sessions(sessions.len());
             }
         }
         if updates.is_empty() {
@@ -686,13 +731,48 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                 return;
             }
             let from = sub.from_version;
+            let mut next: Option<Routed> = None;
             loop {
-                let item = tokio::select! {
-                    () = tx.closed() => return,
-                    item = sub.rx.recv() => match item {
-                        Some(i) => i,
-                        None => return,
+                let item = match next.take() {
+                    Some(i) => i,
+                    None => tokio::select! {
+                        () = tx.closed() => return,
+                        item = sub.rx.recv() => match item {
+                            Some(i) => i,
+                            None => return,
+                        },
                     },
+                };
+                // Task commits that queued up meanwhile go out as one
+                // message: while the scheduler commits 100,000 assignments
+                // in chunks, every chunk has a task or two for each of a
+                // thousand nodes, and a message per chunk and node costs
+                // the leader a frame, a TLS record and a write each.
+                let item = match item {
+                    Routed::Tasks {
+                        version,
+                        mut events,
+                    } if version > from => {
+                        while events.len() < MAX_EVENTS_PER_MESSAGE {
+                            match sub.rx.try_recv() {
+                                Ok(Routed::Tasks {
+                                    version: v,
+                                    events: more,
+                                }) => {
+                                    if v > from {
+                                        events.extend(more);
+                                    }
+                                }
+                                Ok(other) => {
+                                    next = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        Routed::Tasks { version, events }
+                    }
+                    other => other,
                 };
                 let msg = match item {
                     Routed::Refresh => continue,
@@ -719,29 +799,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                             r#type: pb::assignments_message::Type::Incremental as i32,
                             ..Default::default()
                         };
-                        for e in &events {
-                            let Some(t) = e.object.as_task() else {
-                                continue;
-                            };
-                            let id = t.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-                            let removed = matches!(e.kind, crate::store::EventKind::Removed)
-                                || t.node_id != node_id;
-                            if !removed && !is_assigned(t) {
-                                // Not the node's yet (a global task still
-                                // being allocated).
-                                continue;
-                            }
-                            if !removed
-                                && !worth_sending(e.old.as_ref().and_then(|o| o.as_task()), t)
-                            {
-                                continue;
-                            }
-                            if removed {
-                                m.removed_task_ids.push(id);
-                            } else {
-                                m.updated_tasks.push(t.clone());
-                            }
-                        }
+                        task_changes(&node_id, &events, &mut m);
                         let on_networks = events.iter().any(|e| {
                             [Some(&e.object), e.old.as_ref()]
                                 .into_iter()
@@ -809,6 +867,50 @@ impl dispatcher_server::Dispatcher for Dispatcher {
 /// `first` and the reports already waiting behind it, until they hold
 /// [`MAX_UPDATES_PER_WRITE`] updates: what one combined write takes. The
 /// rest waits for the next write, in order.
+/// Task events one assignments message takes at most (the commits that
+/// queued up are merged until they reach it; a commit is never split).
+const MAX_EVENTS_PER_MESSAGE: usize = 2000;
+
+/// Adds what `events` (commits in order) change for `node_id` to `m`: the
+/// newest version of each task of the node with a change worth sending,
+/// and the tasks it lost (removed, or moved to another node).
+fn task_changes(node_id: &str, events: &[crate::store::Event], m: &mut pb::AssignmentsMessage) {
+    // Task ID → (worth sending, newest version; None: gone from the node),
+    // in the order the tasks first appear.
+    let mut order: Vec<&str> = Vec::new();
+    let mut latest: HashMap<&str, (bool, Option<&pb::Task>)> = HashMap::new();
+    for e in events {
+        let Some(t) = e.object.as_task() else {
+            continue;
+        };
+        let id = t.meta.as_ref().map_or("", |m| m.id.as_str());
+        let removed = matches!(e.kind, crate::store::EventKind::Removed) || t.node_id != node_id;
+        if !removed && !is_assigned(t) {
+            // Not the node's yet (a global task still being allocated).
+            continue;
+        }
+        let worth = removed || worth_sending(e.old.as_ref().and_then(|o| o.as_task()), t);
+        let now = (!removed).then_some(t);
+        latest
+            .entry(id)
+            .and_modify(|(w, newest)| {
+                *w |= worth;
+                *newest = now;
+            })
+            .or_insert_with(|| {
+                order.push(id);
+                (worth, now)
+            });
+    }
+    for id in order {
+        match latest.get(id) {
+            Some((true, Some(t))) => m.updated_tasks.push((*t).clone()),
+            Some((true, None)) => m.removed_task_ids.push(id.to_string()),
+            _ => {}
+        }
+    }
+}
+
 fn gather(first: Report, rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Report> {
     let mut updates = first.updates.len();
     let mut batch = vec![first];
@@ -896,6 +998,20 @@ mod tests {
     }
 
     #[test]
+    fn the_check_ends_silent_sessions_and_revives_nodes_with_live_ones() {
+        let (down, ready) = (pb::NodeState::Down as i32, pb::NodeState::Ready as i32);
+        let never = || -> bool { panic!("only asked without a session") };
+        assert_eq!(verdict(Some(true), never, ready), Verdict::Keep);
+        assert_eq!(verdict(Some(true), never, down), Verdict::Ready);
+        assert_eq!(verdict(Some(false), never, ready), Verdict::Down);
+        // A dead session of a node already down still ends.
+        assert_eq!(verdict(Some(false), never, down), Verdict::Down);
+        assert_eq!(verdict(None, || true, ready), Verdict::Keep);
+        assert_eq!(verdict(None, || false, ready), Verdict::Down);
+        assert_eq!(verdict(None, || false, down), Verdict::Keep);
+    }
+
+    #[test]
     fn a_node_without_a_session_gets_the_grace_from_its_join_if_later() {
         let s = Duration::from_secs;
         let grace = s(3);
@@ -953,6 +1069,58 @@ mod tests {
             ..Default::default()
         });
         assert!(worth_sending(Some(&running), &respec));
+    }
+
+    /// Commits merged into one message: each task once, as it is now.
+    #[test]
+    fn merged_commits_send_each_task_once_in_its_newest_version() {
+        use crate::store::{Event, EventKind, Object};
+        let with_state = |t: &pb::Task, s: pb::TaskState| {
+            let mut t = t.clone();
+            t.status = Some(pb::TaskStatus {
+                state: s as i32,
+                ..Default::default()
+            });
+            t.meta.get_or_insert_with(Default::default).version += 1;
+            t
+        };
+        let ev = |kind, old: Option<&pb::Task>, new: &pb::Task| Event {
+            kind,
+            version: 1,
+            object: Object::Task(std::sync::Arc::new(new.clone())),
+            old: old.map(|o| Object::Task(std::sync::Arc::new(o.clone()))),
+        };
+        let t = |id| crate::store::testutil::task(id, "s", 1, "n");
+        let (a, b, c, d, e) = (t("a"), t("b"), t("c"), t("d"), t("e"));
+        let a1 = with_state(&a, pb::TaskState::Assigned);
+        let a2 = with_state(&a1, pb::TaskState::Running);
+        let b1 = with_state(&b, pb::TaskState::Running);
+        let b2 = with_state(&b1, pb::TaskState::Running);
+        let c1 = with_state(&c, pb::TaskState::Assigned);
+        let mut d1 = with_state(&d, pb::TaskState::Assigned);
+        let mut d2 = d1.clone();
+        d2.node_id = "other".into();
+        d1.node_id = "n".into();
+        let mut e1 = with_state(&e, pb::TaskState::Pending);
+        e1.node_id = "n".into();
+        let events = vec![
+            ev(EventKind::Updated, Some(&a), &a1),
+            ev(EventKind::Updated, Some(&b1), &b2),
+            ev(EventKind::Updated, Some(&c), &c1),
+            ev(EventKind::Updated, Some(&d), &d1),
+            ev(EventKind::Created, None, &e1),
+            // The next commits.
+            ev(EventKind::Updated, Some(&a1), &a2),
+            ev(EventKind::Removed, None, &c1),
+            ev(EventKind::Updated, Some(&d1), &d2),
+        ];
+        let mut m = pb::AssignmentsMessage::default();
+        task_changes("n", &events, &mut m);
+        // a: assigned, then its own report; sent once, as it is now. b: only
+        // its own report. e: not assigned yet.
+        assert_eq!(m.updated_tasks, vec![a2]);
+        // c removed, d moved away; in the order they first changed.
+        assert_eq!(m.removed_task_ids, vec!["c".to_string(), "d".to_string()]);
     }
 
     #[test]
