@@ -123,11 +123,17 @@ pub fn refresh(node: &NodeHandle, dataplane: Option<&SharedDataplane>) {
             pb::TaskState::New,
             pb::TaskState::Pending,
             pb::TaskState::Assigned,
+            pb::TaskState::Accepted,
+            pb::TaskState::Preparing,
+            pb::TaskState::Ready,
+            pb::TaskState::Starting,
             pb::TaskState::Running,
             pb::TaskState::Complete,
             pb::TaskState::Shutdown,
             pb::TaskState::Failed,
             pb::TaskState::Rejected,
+            pb::TaskState::Remove,
+            pb::TaskState::Orphaned,
         ] {
             m.manager_tasks
                 .get_or_create(&StateLabel {
