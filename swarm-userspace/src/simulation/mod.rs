@@ -36,6 +36,8 @@ pub enum SimulationError {
     Connect { addr: SocketAddr, message: String },
     #[error("simulated node {index} could not join: {message}")]
     Join { index: usize, message: String },
+    #[error("cannot start the simulated workers' runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// What to simulate.
@@ -166,6 +168,18 @@ pub async fn run(
     }
     on_joined(started.elapsed());
 
+    // The nodes' workers (their task managers, the fake executor) run on a
+    // runtime of their own. On one, a thousand nodes' share of a hundred
+    // thousand new tasks queued the agents' heartbeats for seconds, and
+    // the leader marked nodes down that real machines, each with its own
+    // CPUs, would have kept alive.
+    let tasks_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("swarm-sim-tasks")
+        .enable_all()
+        .build()
+        .map_err(SimulationError::Runtime)?;
+    let mut workers = Vec::with_capacity(joined.len());
     let mut agents = JoinSet::new();
     for (i, j) in joined.into_iter().enumerate() {
         let channels = match MtlsChannels::new(&root, &j.identity) {
@@ -204,13 +218,18 @@ pub async fn run(
             }
         });
         let stop = shutdown.clone();
-        agents.spawn(async move {
+        workers.push(tasks_rt.spawn(async move {
             if let Err(e) = worker_loop.run(stop).await {
                 tracing::warn!(error = %e, "a simulated node's worker stopped");
             }
-        });
+        }));
     }
     shutdown.cancelled().await;
     while agents.join_next().await.is_some() {}
+    for w in workers {
+        let _ = w.await;
+    }
+    // Dropping a runtime inside another one's task would panic.
+    tasks_rt.shutdown_background();
     Ok(())
 }
