@@ -88,6 +88,30 @@ struct Results {
     rss_before_bytes: Option<u64>,
     rss_after_bytes: Option<u64>,
     removal_s: Option<f64>,
+    /// Seconds from `service create` until every task existed, was
+    /// assigned a node, and ran (the leader's task gauges, polled).
+    stages: Stages,
+    /// CPU seconds each manager (1-3) and all simulators together spent
+    /// during placement.
+    placement_cpu: PlacementCpu,
+    /// The most nodes the leader counted down at once during placement.
+    nodes_down_max: Option<u64>,
+    /// Simulated nodes' sessions that ended other than by shutdown
+    /// (heartbeat timeouts, streams ended), over the whole run.
+    sessions_lost: Option<u64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Stages {
+    created_s: Option<f64>,
+    assigned_s: Option<f64>,
+    running_s: Option<f64>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct PlacementCpu {
+    managers_s: [Option<f64>; 3],
+    simulators_s: Option<f64>,
 }
 
 /// The leader daemon's user + system CPU time.
@@ -286,6 +310,7 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     );
 
     let mut simulators: Vec<Process> = Vec::new();
+    let mut sim_logs = Vec::new();
     let mut have = 0;
     for &target in &opts.nodes {
         let t0 = Instant::now();
@@ -305,7 +330,8 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
                 &addr,
             ])
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(std::fs::File::create(sim_log(c, k))?);
+            sim_logs.push(sim_log(c, k));
             simulators.push(Process::spawn(format!("simulate-{k}"), cmd)?);
             have += count;
         }
@@ -358,10 +384,56 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     )?;
     let want = u64::try_from(opts.tasks)?;
     let timeout = Duration::from_secs(120) + Duration::from_millis(opts.tasks as u64);
+    let pids: Vec<Option<u32>> = (1..=3).map(|i| c.node(i).pid()).collect();
+    let sim_pids: Vec<u32> = simulators.iter().map(Process::pid).collect();
+    let cpu_before: Vec<Option<f64>> = pids.iter().map(|p| p.and_then(cpu_seconds)).collect();
+    let sims_before: Option<f64> = sim_pids.iter().map(|&p| cpu_seconds(p)).sum();
+    let mut down_max = None;
     let placement = time_until(t0, timeout, "every task running", || {
-        manager_gauge(c.node(leader_of(c).unwrap_or(leader)), "tasks", "running") == Some(want)
+        let n = c.node(leader_of(c).unwrap_or(leader));
+        let Some(states) = manager_states(n, "tasks") else {
+            return false;
+        };
+        let at_least = |floor: &str| -> u64 {
+            let from = TASK_STATES.iter().position(|s| *s == floor).unwrap_or(0);
+            TASK_STATES[from..]
+                .iter()
+                .filter_map(|s| states.get(*s))
+                .sum()
+        };
+        let now = Some(t0.elapsed().as_secs_f64());
+        let stages = &mut res.stages;
+        if stages.created_s.is_none() && at_least("new") >= want {
+            stages.created_s = now;
+        }
+        if stages.assigned_s.is_none() && at_least("assigned") >= want {
+            stages.assigned_s = now;
+        }
+        if let Some(d) = manager_gauge(n, "nodes", "down") {
+            down_max = Some(down_max.map_or(d, |m: u64| m.max(d)));
+        }
+        states.get("running").copied() == Some(want)
     })?;
     res.placement_s = Some(placement);
+    res.stages.running_s = Some(placement);
+    res.nodes_down_max = down_max;
+    for (i, (p, b)) in pids.iter().zip(&cpu_before).enumerate() {
+        res.placement_cpu.managers_s[i] = p.and_then(cpu_seconds).zip(*b).map(|(a, b)| a - b);
+    }
+    res.placement_cpu.simulators_s = sim_pids
+        .iter()
+        .map(|&p| cpu_seconds(p))
+        .sum::<Option<f64>>()
+        .zip(sims_before)
+        .map(|(a, b)| a - b);
+    println!(
+        "scale: stages (s): created {:?}, assigned {:?}, running {placement:.2}; most nodes down: {:?}",
+        res.stages.created_s, res.stages.assigned_s, res.nodes_down_max
+    );
+    println!(
+        "scale: CPU s during placement: managers {:?} (leader {leader}), simulators {:?}",
+        res.placement_cpu.managers_s, res.placement_cpu.simulators_s
+    );
     // RSS growth means something only if the same manager still leads.
     res.rss_after_bytes = rss_bytes(leader_pid).filter(|_| leader_of(c) == Some(leader));
     res.leaders.push(("tasks running".into(), leader_of(c)));
@@ -387,7 +459,60 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     for mut s in simulators {
         s.terminate(Duration::from_secs(10));
     }
+    res.sessions_lost = sim_logs
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .ok()
+                .map(|l| l.matches("session lost").count() as u64)
+        })
+        .sum();
+    println!("scale: simulated sessions lost: {:?}", res.sessions_lost);
     Ok(())
+}
+
+/// Task states in the order tasks move through them, as the
+/// `swarm_manager_tasks` gauge labels them.
+const TASK_STATES: &[&str] = &[
+    "new",
+    "pending",
+    "assigned",
+    "accepted",
+    "preparing",
+    "ready",
+    "starting",
+    "running",
+    "complete",
+    "shutdown",
+    "failed",
+    "rejected",
+    "remove",
+    "orphaned",
+];
+
+/// Where simulator `k` writes its log (warnings: lost sessions).
+fn sim_log(c: &Cluster, k: usize) -> std::path::PathBuf {
+    c.dir().join(format!("simulate-{k}.log"))
+}
+
+/// One sample of every state of the leader's `swarm_manager_{family}` gauge.
+fn manager_states(n: &Node, family: &str) -> Option<std::collections::HashMap<String, u64>> {
+    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
+    let resp = n
+        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
+        .ok()?;
+    let prefix = format!("swarm_manager_{family}{{state=\"");
+    Some(
+        resp.body
+            .lines()
+            .filter_map(|l| {
+                let (state, v) = l.strip_prefix(prefix.as_str())?.split_once("\"} ")?;
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let v = v.trim().parse::<f64>().ok()? as u64;
+                Some((state.to_string(), v))
+            })
+            .collect(),
+    )
 }
 
 /// The scheduler's decision for `tasks` pending tasks on `nodes` nodes,
@@ -500,6 +625,52 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         r.decision_only_s,
         Better::Lower,
     ));
+    for (what, at) in [
+        ("created", r.stages.created_s),
+        ("assigned a node", r.stages.assigned_s),
+    ] {
+        rows.push(Row::new(
+            format!("placement: every task {what} after"),
+            "s",
+            at,
+            None,
+            Better::Lower,
+        ));
+    }
+    let leader = r
+        .leaders
+        .iter()
+        .find(|(s, _)| s == "tasks running")
+        .and_then(|l| l.1);
+    let cpu = &r.placement_cpu;
+    let leader_cpu = leader.and_then(|l| cpu.managers_s.get(l.wrapping_sub(1)).copied().flatten());
+    let followers_cpu: Option<f64> = leader.and_then(|l| {
+        (1..=3)
+            .filter(|&i| i != l)
+            .map(|i| cpu.managers_s[i - 1])
+            .sum()
+    });
+    for (who, v) in [
+        ("leader", leader_cpu),
+        ("both followers", followers_cpu),
+        ("simulators", cpu.simulators_s),
+    ] {
+        rows.push(Row::new(
+            format!("placement CPU: {who}, per 1,000 tasks"),
+            "ms",
+            v.map(|v| v * 1000.0 / (tasks / 1000.0)),
+            None,
+            Better::Lower,
+        ));
+    }
+    #[allow(clippy::cast_precision_loss)]
+    rows.push(Row::new(
+        "placement: most nodes marked down at once",
+        "count",
+        r.nodes_down_max.map(|n| n as f64),
+        None,
+        Better::Lower,
+    ));
     let per_10k = r
         .rss_before_bytes
         .zip(r.rss_after_bytes)
@@ -523,6 +694,14 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         "Raft elections during the run",
         "count",
         r.elections.map(|e| e as f64),
+        None,
+        Better::Lower,
+    ));
+    #[allow(clippy::cast_precision_loss)]
+    rows.push(Row::new(
+        "simulated sessions lost during the run",
+        "count",
+        r.sessions_lost.map(|n| n as f64),
         None,
         Better::Lower,
     ));
