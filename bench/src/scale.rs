@@ -699,7 +699,7 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
     ));
     #[allow(clippy::cast_precision_loss)]
     rows.push(Row::new(
-        "simulated sessions lost during the run",
+        "simulated session failures (lost, or failed to open)",
         "count",
         r.sessions_lost.map(|n| n as f64),
         None,

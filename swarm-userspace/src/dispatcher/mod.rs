@@ -151,6 +151,9 @@ pub struct Dispatcher {
     /// Task status reports waiting for the next combined write.
     reports: mpsc::UnboundedSender<Report>,
     reports_rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<Report>>>>,
+    /// Node states of opening sessions waiting for the next combined write.
+    node_writes: mpsc::UnboundedSender<NodeWrite>,
+    node_writes_rx: Arc<Mutex<Option<mpsc::UnboundedReceiver<NodeWrite>>>>,
     /// The manager list of the last session message, by store version and
     /// leader: thousands of sessions refreshing at once compute it once.
     managers: Arc<Mutex<Option<ManagersAt>>>,
@@ -162,6 +165,19 @@ struct Report {
     updates: Vec<pb::update_task_status_request::TaskStatusUpdate>,
     done: tokio::sync::oneshot::Sender<Result<(), Status>>,
 }
+
+/// One opening session's node write, waiting for the next combined write.
+struct NodeWrite {
+    node_id: String,
+    state: pb::NodeState,
+    message: String,
+    description: Option<pb::NodeDescription>,
+    addr: Option<String>,
+    done: tokio::sync::oneshot::Sender<Result<(), Status>>,
+}
+
+/// Node writes one combined write takes at most.
+const MAX_NODE_WRITES: usize = crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL;
 
 struct ManagersAt {
     version: u64,
@@ -194,7 +210,10 @@ fn millis(d: Duration) -> u64 {
 impl Dispatcher {
     pub fn new(m: Manager) -> Self {
         let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+        let (nodes_tx, nodes_rx) = mpsc::unbounded_channel();
         Dispatcher {
+            node_writes: nodes_tx,
+            node_writes_rx: Arc::new(Mutex::new(Some(nodes_rx))),
             m,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             leader_since: Arc::new(Mutex::new(None)),
@@ -289,6 +308,10 @@ impl Dispatcher {
     }
 
     /// Writes the node's status; `description` and `addr` when given.
+    /// Waits for the next combined write: when thousands of nodes open
+    /// sessions at once (a new leader, a join storm), one Raft entry each
+    /// kept commits seconds behind, sessions timed out and were opened
+    /// again, each with another write.
     async fn set_node_state(
         &self,
         node_id: &str,
@@ -297,37 +320,102 @@ impl Dispatcher {
         description: Option<pb::NodeDescription>,
         addr: Option<String>,
     ) -> Result<(), Status> {
-        let Some(node) = self.m.store.view().get::<pb::Node>(node_id) else {
-            return Err(Status::permission_denied(
-                "this node is not part of the swarm",
-            ));
-        };
-        let mut n = (*node).clone();
-        let status = n.status.get_or_insert_with(Default::default);
-        status.state = state as i32;
-        status.message = message.to_string();
-        if let Some(a) = addr {
-            status.addr = a;
-        }
-        if let Some(d) = description {
-            n.description = Some(d);
-        }
-        if n == *node {
-            // Nothing new: every write bumps the version and makes a
-            // concurrent `node update` retry.
-            return Ok(());
-        }
-        let actions = self
-            .m
-            .store
-            .prepare(|tx: &mut WriteTx| tx.update(n))
-            .map_err(|e| Status::internal(e.to_string()))?;
-        self.m
-            .proposer
-            .propose(actions)
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.node_writes
+            .send(NodeWrite {
+                node_id: node_id.to_string(),
+                state,
+                message: message.to_string(),
+                description,
+                addr,
+                done,
+            })
+            .map_err(|_| Status::unavailable("the dispatcher is shutting down"))?;
+        result
             .await
-            .map_err(crate::manager::caserver::propose_status)?;
-        Ok(())
+            .map_err(|_| Status::unavailable("the dispatcher is shutting down"))?
+    }
+
+    /// Writes opening sessions' node states: everything that queued up
+    /// while the previous write was in flight goes out together.
+    async fn write_nodes(
+        self,
+        mut rx: mpsc::UnboundedReceiver<NodeWrite>,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                () = shutdown.cancelled() => return,
+                w = rx.recv() => match w {
+                    Some(w) => w,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < MAX_NODE_WRITES
+                && let Ok(w) = rx.try_recv()
+            {
+                batch.push(w);
+            }
+            let results = self.write_node_batch(&batch).await;
+            for (w, r) in batch.into_iter().zip(results) {
+                let _ = w.done.send(r);
+            }
+        }
+    }
+
+    /// One result per write, in order.
+    async fn write_node_batch(&self, batch: &[NodeWrite]) -> Vec<Result<(), Status>> {
+        if !self.m.is_leader() {
+            return batch.iter().map(|_| Err(self.not_leader())).collect();
+        }
+        let _w = self.m.write_lock().await;
+        let view = self.m.store.view();
+        let mut results = Vec::with_capacity(batch.len());
+        let mut nodes: HashMap<&str, pb::Node> = HashMap::new();
+        for w in batch {
+            let Some(node) = view.get::<pb::Node>(&w.node_id) else {
+                results.push(Some(Status::permission_denied(
+                    "this node is not part of the swarm",
+                )));
+                continue;
+            };
+            results.push(None);
+            let n = nodes
+                .entry(w.node_id.as_str())
+                .or_insert_with(|| (*node).clone());
+            apply_node_write(n, w);
+        }
+        // Nothing new is not written: every write bumps the version and
+        // makes a concurrent `node update` retry.
+        let changed: Vec<pb::Node> = nodes
+            .into_values()
+            .filter(|n| {
+                let id = n.meta.as_ref().map_or("", |m| m.id.as_str());
+                view.get::<pb::Node>(id).is_none_or(|old| *old != *n)
+            })
+            .collect();
+        drop(view);
+        let written = if changed.is_empty() {
+            Ok(())
+        } else {
+            crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
+                for n in changed {
+                    tx.update(n)?;
+                }
+                Ok::<(), crate::store::StoreError>(())
+            })
+            .await
+            .map(|_| ())
+            .map_err(update_status)
+        };
+        results
+            .into_iter()
+            .map(|own| match own {
+                Some(e) => Err(e),
+                None => written.clone(),
+            })
+            .collect()
     }
 
     fn session_message(
@@ -363,9 +451,16 @@ impl Dispatcher {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         let writing = rx.map(|rx| tokio::spawn(self.clone().write_reports(rx, shutdown.clone())));
+        let rx = self
+            .node_writes_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let node_writing =
+            rx.map(|rx| tokio::spawn(self.clone().write_nodes(rx, shutdown.clone())));
         self.leader_duties(shutdown).await;
         let _ = routing.await;
-        if let Some(w) = writing {
+        for w in [writing, node_writing].into_iter().flatten() {
             let _ = w.await;
         }
     }
@@ -911,6 +1006,19 @@ fn task_changes(node_id: &str, events: &[crate::store::Event], m: &mut pb::Assig
     }
 }
 
+/// Sets what `w` says on `n`.
+fn apply_node_write(n: &mut pb::Node, w: &NodeWrite) {
+    let status = n.status.get_or_insert_with(Default::default);
+    status.state = w.state as i32;
+    status.message.clone_from(&w.message);
+    if let Some(a) = &w.addr {
+        status.addr.clone_from(a);
+    }
+    if let Some(d) = &w.description {
+        n.description = Some(d.clone());
+    }
+}
+
 fn gather(first: Report, rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Report> {
     let mut updates = first.updates.len();
     let mut batch = vec![first];
@@ -1069,6 +1177,35 @@ mod tests {
             ..Default::default()
         });
         assert!(worth_sending(Some(&running), &respec));
+    }
+
+    /// Two sessions of one node in one combined write: the later one's
+    /// state wins; what it does not say is kept from the earlier one.
+    #[test]
+    fn node_writes_of_one_batch_compose_in_order() {
+        let w = |state, desc: Option<&str>, addr: Option<&str>| NodeWrite {
+            node_id: "n".into(),
+            state,
+            message: String::new(),
+            description: desc.map(|h| pb::NodeDescription {
+                hostname: h.into(),
+                ..Default::default()
+            }),
+            addr: addr.map(str::to_string),
+            done: tokio::sync::oneshot::channel().0,
+        };
+        let mut n = pb::Node::default();
+        n.status.get_or_insert_with(Default::default).message = "heartbeat failure".into();
+        apply_node_write(
+            &mut n,
+            &w(pb::NodeState::Ready, Some("a"), Some("10.0.0.1")),
+        );
+        apply_node_write(&mut n, &w(pb::NodeState::Ready, None, None));
+        let st = n.status.as_ref().unwrap();
+        assert_eq!(st.state, pb::NodeState::Ready as i32);
+        assert!(st.message.is_empty());
+        assert_eq!(st.addr, "10.0.0.1");
+        assert_eq!(n.description.unwrap().hostname, "a");
     }
 
     /// Commits merged into one message: each task once, as it is now.
