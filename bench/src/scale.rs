@@ -471,6 +471,12 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     Ok(())
 }
 
+/// A row of something that should not happen, counted.
+fn count_row(metric: &str, n: Option<u64>) -> Row {
+    #[allow(clippy::cast_precision_loss)]
+    Row::new(metric, "count", n.map(|n| n as f64), None, Better::Lower)
+}
+
 /// Task states in the order tasks move through them, as the
 /// `swarm_manager_tasks` gauge labels them.
 const TASK_STATES: &[&str] = &[
@@ -663,13 +669,9 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
             Better::Lower,
         ));
     }
-    #[allow(clippy::cast_precision_loss)]
-    rows.push(Row::new(
+    rows.push(count_row(
         "placement: most nodes marked down at once",
-        "count",
-        r.nodes_down_max.map(|n| n as f64),
-        None,
-        Better::Lower,
+        r.nodes_down_max,
     ));
     let per_10k = r
         .rss_before_bytes
@@ -689,21 +691,10 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         None,
         Better::Lower,
     ));
-    #[allow(clippy::cast_precision_loss)]
-    rows.push(Row::new(
-        "Raft elections during the run",
-        "count",
-        r.elections.map(|e| e as f64),
-        None,
-        Better::Lower,
-    ));
-    #[allow(clippy::cast_precision_loss)]
-    rows.push(Row::new(
+    rows.push(count_row("Raft elections during the run", r.elections));
+    rows.push(count_row(
         "simulated session failures (lost, or failed to open)",
-        "count",
-        r.sessions_lost.map(|n| n as f64),
-        None,
-        Better::Lower,
+        r.sessions_lost,
     ));
     let notes = vec![
         format!(

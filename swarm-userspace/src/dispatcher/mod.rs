@@ -343,20 +343,7 @@ impl Dispatcher {
         mut rx: mpsc::UnboundedReceiver<NodeWrite>,
         shutdown: CancellationToken,
     ) {
-        loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return,
-                w = rx.recv() => match w {
-                    Some(w) => w,
-                    None => return,
-                },
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_NODE_WRITES
-                && let Ok(w) = rx.try_recv()
-            {
-                batch.push(w);
-            }
+        while let Some(batch) = next_batch(&mut rx, &shutdown, MAX_NODE_WRITES, |_| 1).await {
             let results = self.write_node_batch(&batch).await;
             for (w, r) in batch.into_iter().zip(results) {
                 let _ = w.done.send(r);
@@ -474,15 +461,9 @@ impl Dispatcher {
         mut rx: mpsc::UnboundedReceiver<Report>,
         shutdown: CancellationToken,
     ) {
-        loop {
-            let first = tokio::select! {
-                () = shutdown.cancelled() => return,
-                r = rx.recv() => match r {
-                    Some(r) => r,
-                    None => return,
-                },
-            };
-            let batch = gather(first, &mut rx);
+        while let Some(batch) =
+            next_batch(&mut rx, &shutdown, MAX_UPDATES_PER_WRITE, report_size).await
+        {
             let updates: usize = batch.iter().map(|r| r.updates.len()).sum();
             let started = Instant::now();
             let result = self.write_batch(&batch).await;
@@ -1019,14 +1000,40 @@ fn apply_node_write(n: &mut pb::Node, w: &NodeWrite) {
     }
 }
 
-fn gather(first: Report, rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Report> {
-    let mut updates = first.updates.len();
+fn report_size(r: &Report) -> usize {
+    r.updates.len()
+}
+
+/// Waits for the next item (`None` on shutdown, or once every sender is
+/// gone), then [`gather`]s what else is queued.
+async fn next_batch<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    shutdown: &CancellationToken,
+    limit: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Option<Vec<T>> {
+    let first = tokio::select! {
+        () = shutdown.cancelled() => return None,
+        item = rx.recv() => item?,
+    };
+    Some(gather(first, rx, limit, weight))
+}
+
+/// `first` and what is queued behind it, in order, until their `weight`
+/// reaches `limit` (an item is never split, so one above it goes alone).
+fn gather<T>(
+    first: T,
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    limit: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Vec<T> {
+    let mut total = weight(&first);
     let mut batch = vec![first];
-    while updates < MAX_UPDATES_PER_WRITE
-        && let Ok(r) = rx.try_recv()
+    while total < limit
+        && let Ok(item) = rx.try_recv()
     {
-        updates += r.updates.len();
-        batch.push(r);
+        total += weight(&item);
+        batch.push(item);
     }
     batch
 }
@@ -1145,17 +1152,19 @@ mod tests {
         );
     }
 
+    /// `t` in state `s`, one version on.
+    fn with_state(t: &pb::Task, s: pb::TaskState) -> pb::Task {
+        let mut t = t.clone();
+        t.status = Some(pb::TaskStatus {
+            state: s as i32,
+            ..Default::default()
+        });
+        t.meta.get_or_insert_with(Default::default).version += 1;
+        t
+    }
+
     #[test]
     fn a_nodes_own_status_report_is_not_sent_back_to_it() {
-        let with_state = |t: &pb::Task, s: pb::TaskState| {
-            let mut t = t.clone();
-            t.status = Some(pb::TaskStatus {
-                state: s as i32,
-                ..Default::default()
-            });
-            t.meta.get_or_insert_with(Default::default).version += 1;
-            t
-        };
         let base = crate::store::testutil::task("t", "s", 1, "n");
         let assigned = with_state(&base, pb::TaskState::Assigned);
         let running = with_state(&assigned, pb::TaskState::Running);
@@ -1212,15 +1221,6 @@ mod tests {
     #[test]
     fn merged_commits_send_each_task_once_in_its_newest_version() {
         use crate::store::{Event, EventKind, Object};
-        let with_state = |t: &pb::Task, s: pb::TaskState| {
-            let mut t = t.clone();
-            t.status = Some(pb::TaskStatus {
-                state: s as i32,
-                ..Default::default()
-            });
-            t.meta.get_or_insert_with(Default::default).version += 1;
-            t
-        };
         let ev = |kind, old: Option<&pb::Task>, new: &pb::Task| Event {
             kind,
             version: 1,
@@ -1268,6 +1268,7 @@ mod tests {
         }
         let nodes = |b: &[Report]| b.iter().map(|r| r.node_id.clone()).collect::<Vec<_>>();
         // 3 × 3,000 reaches the bound: the third report is taken whole.
+        let gather = |first, rx: &mut _| gather(first, rx, MAX_UPDATES_PER_WRITE, report_size);
         let b = gather(report("first", 0), &mut rx);
         assert_eq!(nodes(&b), ["first", "n0", "n1", "n2"]);
         let Ok(next) = rx.try_recv() else {
