@@ -173,13 +173,15 @@ pub async fn run(
     // thousand new tasks queued the agents' heartbeats for seconds, and
     // the leader marked nodes down that real machines, each with its own
     // CPUs, would have kept alive.
-    let tasks_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("swarm-sim-tasks")
-        .enable_all()
-        .build()
-        .map_err(SimulationError::Runtime)?;
-    let mut workers = Vec::with_capacity(joined.len());
+    let tasks_rt = BackgroundRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("swarm-sim-tasks")
+            .enable_all()
+            .build()
+            .map_err(SimulationError::Runtime)?,
+    ));
+    let mut workers = JoinSet::new();
     let mut agents = JoinSet::new();
     for (i, j) in joined.into_iter().enumerate() {
         let channels = match MtlsChannels::new(&root, &j.identity) {
@@ -218,18 +220,39 @@ pub async fn run(
             }
         });
         let stop = shutdown.clone();
-        workers.push(tasks_rt.spawn(async move {
-            if let Err(e) = worker_loop.run(stop).await {
-                tracing::warn!(error = %e, "a simulated node's worker stopped");
-            }
-        }));
+        workers.spawn_on(
+            async move {
+                if let Err(e) = worker_loop.run(stop).await {
+                    tracing::warn!(error = %e, "a simulated node's worker stopped");
+                }
+            },
+            tasks_rt.handle(),
+        );
     }
     shutdown.cancelled().await;
     while agents.join_next().await.is_some() {}
-    for w in workers {
-        let _ = w.await;
-    }
-    // Dropping a runtime inside another one's task would panic.
-    tasks_rt.shutdown_background();
+    while workers.join_next().await.is_some() {}
     Ok(())
+}
+
+/// A runtime owned by a task of another runtime, where dropping it as
+/// usual would panic (it blocks): it shuts down in the background instead,
+/// on every way out.
+struct BackgroundRuntime(Option<tokio::runtime::Runtime>);
+
+impl BackgroundRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle(),
+            None => unreachable!("taken only on drop"),
+        }
+    }
+}
+
+impl Drop for BackgroundRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
