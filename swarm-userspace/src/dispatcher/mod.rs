@@ -359,7 +359,8 @@ impl Dispatcher {
         let _w = self.m.write_lock().await;
         let view = self.m.store.view();
         let mut results = Vec::with_capacity(batch.len());
-        let mut nodes: HashMap<&str, pb::Node> = HashMap::new();
+        // Node ID → (as stored, as written).
+        let mut nodes: HashMap<&str, (Arc<pb::Node>, pb::Node)> = HashMap::new();
         for w in batch {
             let Some(node) = view.get::<pb::Node>(&w.node_id) else {
                 results.push(Some(Status::permission_denied(
@@ -368,21 +369,19 @@ impl Dispatcher {
                 continue;
             };
             results.push(None);
-            let n = nodes
+            let (_, n) = nodes
                 .entry(w.node_id.as_str())
-                .or_insert_with(|| (*node).clone());
+                .or_insert_with(|| (node.clone(), (*node).clone()));
             apply_node_write(n, w);
         }
+        drop(view);
         // Nothing new is not written: every write bumps the version and
         // makes a concurrent `node update` retry.
         let changed: Vec<pb::Node> = nodes
             .into_values()
-            .filter(|n| {
-                let id = n.meta.as_ref().map_or("", |m| m.id.as_str());
-                view.get::<pb::Node>(id).is_none_or(|old| *old != *n)
-            })
+            .filter(|(old, n)| **old != *n)
+            .map(|(_, n)| n)
             .collect();
-        drop(view);
         let written = if changed.is_empty() {
             Ok(())
         } else {
@@ -819,33 +818,12 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                         },
                     },
                 };
-                // Task commits that queued up meanwhile go out as one
-                // message: while the scheduler commits 100,000 assignments
-                // in chunks, every chunk has a task or two for each of a
-                // thousand nodes, and a message per chunk and node costs
-                // the leader a frame, a TLS record and a write each.
                 let item = match item {
                     Routed::Tasks {
                         version,
                         mut events,
                     } if version > from => {
-                        while events.len() < MAX_EVENTS_PER_MESSAGE {
-                            match sub.rx.try_recv() {
-                                Ok(Routed::Tasks {
-                                    version: v,
-                                    events: more,
-                                }) => {
-                                    if v > from {
-                                        events.extend(more);
-                                    }
-                                }
-                                Ok(other) => {
-                                    next = Some(other);
-                                    break;
-                                }
-                                Err(_) => break,
-                            }
-                        }
+                        next = take_queued_tasks(&mut sub.rx, from, &mut events);
                         Routed::Tasks { version, events }
                     }
                     other => other,
@@ -940,12 +918,38 @@ impl dispatcher_server::Dispatcher for Dispatcher {
     }
 }
 
-/// `first` and the reports already waiting behind it, until they hold
-/// [`MAX_UPDATES_PER_WRITE`] updates: what one combined write takes. The
-/// rest waits for the next write, in order.
 /// Task events one assignments message takes at most (the commits that
 /// queued up are merged until they reach it; a commit is never split).
 const MAX_EVENTS_PER_MESSAGE: usize = 2000;
+
+/// Task commits that queued up behind one go out with it, as one message:
+/// while the scheduler commits 100,000 assignments in chunks, every chunk
+/// has a task or two for each of a thousand nodes, and a message per chunk
+/// and node costs the leader a frame, a TLS record and a write each.
+/// Appends the queued commits' events (newer than `from`) to `events`
+/// until [`MAX_EVENTS_PER_MESSAGE`]; returns the item that stopped it, if
+/// it was not a task commit, to be handled next.
+fn take_queued_tasks(
+    rx: &mut mpsc::UnboundedReceiver<Routed>,
+    from: u64,
+    events: &mut Vec<crate::store::Event>,
+) -> Option<Routed> {
+    while events.len() < MAX_EVENTS_PER_MESSAGE {
+        match rx.try_recv() {
+            Ok(Routed::Tasks {
+                version,
+                events: more,
+            }) => {
+                if version > from {
+                    events.extend(more);
+                }
+            }
+            Ok(other) => return Some(other),
+            Err(_) => break,
+        }
+    }
+    None
+}
 
 /// Adds what `events` (commits in order) change for `node_id` to `m`: the
 /// newest version of each task of the node with a change worth sending,
