@@ -88,24 +88,25 @@ struct Results {
     rss_before_bytes: Option<u64>,
     rss_after_bytes: Option<u64>,
     removal_s: Option<f64>,
-    /// Seconds from `service create` until every task existed, was
-    /// assigned a node, and ran (the leader's task gauges, polled).
+    /// Seconds from `service create` until every task existed and was
+    /// assigned a node (the leader's task gauges, polled); until every
+    /// task ran is `placement_s`.
     stages: Stages,
     /// CPU seconds each manager (1-3) and all simulators together spent
     /// during placement.
     placement_cpu: PlacementCpu,
     /// The most nodes the leader counted down at once during placement.
     nodes_down_max: Option<u64>,
-    /// Simulated nodes' sessions that ended other than by shutdown
-    /// (heartbeat timeouts, streams ended), over the whole run.
-    sessions_lost: Option<u64>,
+    /// Simulated nodes' sessions that failed to open or ended other than by
+    /// shutdown (heartbeat timeouts, streams ended), over the whole run:
+    /// the agents' "session lost" warnings.
+    session_failures: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
 struct Stages {
     created_s: Option<f64>,
     assigned_s: Option<f64>,
-    running_s: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -149,13 +150,17 @@ fn cpu_over(pid: u32, window: Duration) -> Option<f64> {
     Some((cpu_seconds(pid)? - before) / window.as_secs_f64())
 }
 
+/// Node `n`'s metrics, in Prometheus text format.
+fn scrape(n: &Node) -> Option<String> {
+    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
+    n.in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
+        .ok()
+        .map(|r| r.body)
+}
+
 /// One unlabelled series from node `n`'s metrics.
 fn metric_value(n: &Node, series: &str) -> Option<f64> {
-    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
-    let resp = n
-        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
-        .ok()?;
-    resp.body.lines().find_map(|l| {
+    scrape(n)?.lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|v| v.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
@@ -192,37 +197,26 @@ fn leader_cpu_over(c: &Cluster, window: Duration) -> Option<f64> {
 
 /// One sample of the leader's `swarm_manager_*{state=...}` gauges.
 pub(crate) fn manager_gauge(n: &Node, family: &str, state: &str) -> Option<u64> {
-    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
-    let resp = n
-        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
-        .ok()?;
-    let needle = format!("swarm_manager_{family}{{state=\"{state}\"}} ");
-    resp.body
-        .lines()
-        .find_map(|l| l.strip_prefix(needle.as_str()))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|v| {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let v = v as u64;
-            v
-        })
+    states_in(&scrape(n)?, family).get(state).copied()
 }
 
 /// The sum of the leader's `swarm_manager_{family}` gauge over all states.
 pub(crate) fn manager_total(n: &Node, family: &str) -> Option<u64> {
-    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
-    let resp = n
-        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
-        .ok()?;
-    let prefix = format!("swarm_manager_{family}{{state=");
-    let total: f64 = resp
-        .body
+    Some(states_in(&scrape(n)?, family).values().sum())
+}
+
+/// Every state of the `swarm_manager_{family}` gauge in scraped `metrics`.
+fn states_in(metrics: &str, family: &str) -> std::collections::HashMap<String, u64> {
+    let prefix = format!("swarm_manager_{family}{{state=\"");
+    metrics
         .lines()
-        .filter(|l| l.starts_with(prefix.as_str()))
-        .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-        .sum();
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    Some(total as u64)
+        .filter_map(|l| {
+            let (state, v) = l.strip_prefix(prefix.as_str())?.split_once("\"} ")?;
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let v = v.trim().parse::<f64>().ok()? as u64;
+            Some((state.to_string(), v))
+        })
+        .collect()
 }
 
 /// Polls until `done` (checked every 100 ms) or `timeout`; returns the
@@ -390,10 +384,10 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     let sims_before: Option<f64> = sim_pids.iter().map(|&p| cpu_seconds(p)).sum();
     let mut down_max = None;
     let placement = time_until(t0, timeout, "every task running", || {
-        let n = c.node(leader_of(c).unwrap_or(leader));
-        let Some(states) = manager_states(n, "tasks") else {
+        let Some(metrics) = scrape(c.node(leader_of(c).unwrap_or(leader))) else {
             return false;
         };
+        let states = states_in(&metrics, "tasks");
         let at_least = |floor: &str| -> u64 {
             let from = TASK_STATES.iter().position(|s| *s == floor).unwrap_or(0);
             TASK_STATES[from..]
@@ -409,13 +403,12 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
         if stages.assigned_s.is_none() && at_least("assigned") >= want {
             stages.assigned_s = now;
         }
-        if let Some(d) = manager_gauge(n, "nodes", "down") {
+        if let Some(&d) = states_in(&metrics, "nodes").get("down") {
             down_max = Some(down_max.map_or(d, |m: u64| m.max(d)));
         }
         states.get("running").copied() == Some(want)
     })?;
     res.placement_s = Some(placement);
-    res.stages.running_s = Some(placement);
     res.nodes_down_max = down_max;
     for (i, (p, b)) in pids.iter().zip(&cpu_before).enumerate() {
         res.placement_cpu.managers_s[i] = p.and_then(cpu_seconds).zip(*b).map(|(a, b)| a - b);
@@ -459,7 +452,7 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     for mut s in simulators {
         s.terminate(Duration::from_secs(10));
     }
-    res.sessions_lost = sim_logs
+    res.session_failures = sim_logs
         .iter()
         .map(|p| {
             std::fs::read_to_string(p)
@@ -467,7 +460,10 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
                 .map(|l| l.matches("session lost").count() as u64)
         })
         .sum();
-    println!("scale: simulated sessions lost: {:?}", res.sessions_lost);
+    println!(
+        "scale: simulated session failures: {:?}",
+        res.session_failures
+    );
     Ok(())
 }
 
@@ -499,26 +495,6 @@ const TASK_STATES: &[&str] = &[
 /// Where simulator `k` writes its log (warnings: lost sessions).
 fn sim_log(c: &Cluster, k: usize) -> std::path::PathBuf {
     c.dir().join(format!("simulate-{k}.log"))
-}
-
-/// One sample of every state of the leader's `swarm_manager_{family}` gauge.
-fn manager_states(n: &Node, family: &str) -> Option<std::collections::HashMap<String, u64>> {
-    let addr: SocketAddr = "127.0.0.1:9323".parse().ok()?;
-    let resp = n
-        .in_netns(|| swarm_harness::http::get(addr, "/metrics", Duration::from_secs(10)))
-        .ok()?;
-    let prefix = format!("swarm_manager_{family}{{state=\"");
-    Some(
-        resp.body
-            .lines()
-            .filter_map(|l| {
-                let (state, v) = l.strip_prefix(prefix.as_str())?.split_once("\"} ")?;
-                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                let v = v.trim().parse::<f64>().ok()? as u64;
-                Some((state.to_string(), v))
-            })
-            .collect(),
-    )
 }
 
 /// The scheduler's decision for `tasks` pending tasks on `nodes` nodes,
@@ -649,7 +625,7 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         .find(|(s, _)| s == "tasks running")
         .and_then(|l| l.1);
     let cpu = &r.placement_cpu;
-    let leader_cpu = leader.and_then(|l| cpu.managers_s.get(l.wrapping_sub(1)).copied().flatten());
+    let leader_cpu = leader.and_then(|l| cpu.managers_s.get(l.checked_sub(1)?).copied().flatten());
     let followers_cpu: Option<f64> = leader.and_then(|l| {
         (1..=3)
             .filter(|&i| i != l)
@@ -694,7 +670,7 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
     rows.push(count_row("Raft elections during the run", r.elections));
     rows.push(count_row(
         "simulated session failures (lost, or failed to open)",
-        r.sessions_lost,
+        r.session_failures,
     ));
     let notes = vec![
         format!(
