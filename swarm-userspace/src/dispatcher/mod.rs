@@ -529,12 +529,11 @@ impl Dispatcher {
             return Ok(());
         }
         drop(view);
-        crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
-            for t in tasks.into_values() {
-                tx.update(t)?;
-            }
-            Ok::<(), crate::store::StoreError>(())
-        })
+        crate::manager::leader::propose_streamed(
+            &self.m,
+            tasks.into_values(),
+            |tx: &mut WriteTx, t| tx.update(t),
+        )
         .await
         .map_err(update_status)?;
         Ok(())

@@ -73,16 +73,42 @@ impl Decisions {
     /// that is gone or no longer schedulable in `tx`'s view (it changed
     /// since the pass) is skipped; the next pass sees it afresh.
     pub fn write(&self, tx: &mut WriteTx, now: SystemTime) -> Result<(), StoreError> {
-        for a in &self.assigned {
-            if let Some(t) = tx.get::<pb::Task>(&a.task_id).filter(|t| is_schedulable(t)) {
-                tx.update(assigned_task(&t, &a.node_id, now))?;
+        self.steps().try_for_each(|s| s.write(tx, now))
+    }
+
+    /// The decisions one by one, in the order [`write`](Self::write) writes
+    /// them, for a writer that proposes them as it goes.
+    pub fn steps(&self) -> impl Iterator<Item = Step<'_>> + Send {
+        self.assigned
+            .iter()
+            .map(Step::Assign)
+            .chain(self.unplaced.iter().map(Step::Unplaced))
+    }
+}
+
+/// One decision of a pass, see [`Decisions::steps`].
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    Assign(&'a Assignment),
+    Unplaced(&'a Unplaced),
+}
+
+impl Step<'_> {
+    /// Adds this decision to a batch being prepared, as
+    /// [`Decisions::write`] does.
+    pub fn write(self, tx: &mut WriteTx, now: SystemTime) -> Result<(), StoreError> {
+        match self {
+            Step::Assign(a) => {
+                if let Some(t) = tx.get::<pb::Task>(&a.task_id).filter(|t| is_schedulable(t)) {
+                    tx.update(assigned_task(&t, &a.node_id, now))?;
+                }
             }
-        }
-        for u in &self.unplaced {
-            if let Some(t) = tx.get::<pb::Task>(&u.task_id).filter(|t| is_schedulable(t))
-                && let Some(t) = unplaced_task(&t, &u.reason, now)
-            {
-                tx.update(t)?;
+            Step::Unplaced(u) => {
+                if let Some(t) = tx.get::<pb::Task>(&u.task_id).filter(|t| is_schedulable(t))
+                    && let Some(t) = unplaced_task(&t, &u.reason, now)
+                {
+                    tx.update(t)?;
+                }
             }
         }
         Ok(())

@@ -210,6 +210,13 @@ impl MemoryStore {
         Ok(tx.into_actions())
     }
 
+    /// A write transaction on the current view, for a writer that takes its
+    /// actions in pieces as it goes ([`WriteTx::take_actions`]).
+    #[must_use]
+    pub fn write_tx(&self) -> WriteTx {
+        WriteTx::new(self.view())
+    }
+
     /// A view and a stream of the commits after it, taken atomically. See
     /// the [`watch` module](watch) for the contract.
     #[must_use]

@@ -99,4 +99,11 @@ impl WriteTx {
     pub fn into_actions(self) -> Vec<pb::StoreAction> {
         self.actions
     }
+
+    /// The actions written since the last call, in order; the transaction
+    /// goes on from its state with them written. For a writer that proposes
+    /// a long transaction in pieces while it prepares the rest.
+    pub fn take_actions(&mut self) -> Vec<pb::StoreAction> {
+        std::mem::take(&mut self.actions)
+    }
 }

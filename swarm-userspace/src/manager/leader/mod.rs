@@ -105,36 +105,132 @@ pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Proposes `write`'s actions in chunks of [`MAX_ACTIONS_PER_PROPOSAL`].
-/// `write` adds everything to one transaction (so the checks see earlier
-/// writes); the chunks then go out in order, several in Raft at once
-/// ([`Proposer::propose_pipelined`](crate::manager::Proposer::propose_pipelined)).
-/// The caller holds the write lock, so each chunk applies on the state the
-/// next was prepared against.
+/// Proposes `write`'s actions in chunks of [`MAX_ACTIONS_PER_PROPOSAL`]:
+/// [`propose_streamed`] with a single step.
 pub(crate) async fn propose_chunked(
     m: &Manager,
-    write: impl FnOnce(&mut WriteTx) -> Result<(), StoreError>,
+    write: impl FnOnce(&mut WriteTx) -> Result<(), StoreError> + Send,
 ) -> Result<usize, UpdateError> {
-    let actions: Vec<pb::StoreAction> = off_runtime(|| m.store.prepare(write))?;
-    let n = actions.len();
-    if n == 0 {
-        return Ok(0);
-    }
-    // Pipelined: the chunks follow each other in the log in this order.
-    m.proposer.propose_pipelined(chunks(actions)).await?;
-    Ok(n)
+    let mut write = Some(write);
+    propose_streamed(m, [()], move |tx, ()| match write.take() {
+        Some(f) => f(tx),
+        None => Ok(()),
+    })
+    .await
 }
 
-/// `actions` in chunks of [`MAX_ACTIONS_PER_PROPOSAL`], in order, each
-/// made when it is taken: a pass of 100,000 writes never holds a second
-/// copy of them all (a store action takes 2.6 kB in memory, the size of
-/// its largest kind).
-fn chunks(actions: Vec<pb::StoreAction>) -> impl Iterator<Item = Vec<pb::StoreAction>> {
-    let mut rest = actions.into_iter().peekable();
-    std::iter::from_fn(move || {
-        rest.peek()?;
-        Some(rest.by_ref().take(MAX_ACTIONS_PER_PROPOSAL).collect())
-    })
+/// Writes `steps` with `write`, all in one transaction (so each step's
+/// checks see the earlier steps' writes), and proposes the actions in
+/// chunks of about [`MAX_ACTIONS_PER_PROPOSAL`] as they are prepared: the
+/// first chunk is in Raft while the next is being prepared, several at once
+/// ([`Proposer::propose_pipelined`](crate::manager::Proposer::propose_pipelined)).
+/// Preparing a pass of 100,000 writes before proposing any left the other
+/// managers idle for a second.
+///
+/// The caller holds the write lock, so each chunk applies on the state the
+/// next was prepared against. A step that fails ends the writing: the
+/// chunks before it are proposed (a pass is a reconciliation, and the next
+/// one starts from what was committed), the rest is dropped, and the step's
+/// error is returned. Returns how many actions were proposed.
+pub(crate) async fn propose_streamed<I>(
+    m: &Manager,
+    steps: impl IntoIterator<Item = I, IntoIter: Send>,
+    write: impl FnMut(&mut WriteTx, I) -> Result<(), StoreError> + Send,
+) -> Result<usize, UpdateError> {
+    let mut pieces = Pieces::new(m.store.write_tx(), steps.into_iter(), write);
+    // Nothing to write: no proposal, and no leadership or quorum check.
+    let Some(first) = pieces.next_chunk() else {
+        return pieces.failed.map_or(Ok(0), |e| Err(e.into()));
+    };
+    m.proposer
+        .propose_pipelined(std::iter::once(first).chain(std::iter::from_fn(|| pieces.next_chunk())))
+        .await?;
+    match pieces.failed {
+        Some(e) => Err(e.into()),
+        None => Ok(pieces.proposed),
+    }
+}
+
+/// A transaction being written step by step and taken in chunks; see
+/// [`propose_streamed`].
+struct Pieces<S, W> {
+    tx: WriteTx,
+    steps: S,
+    write: W,
+    /// Prepared actions not yet handed out.
+    ready: std::collections::VecDeque<pb::StoreAction>,
+    /// Every step has been written.
+    done: bool,
+    /// The step that failed; nothing more is handed out.
+    failed: Option<StoreError>,
+    proposed: usize,
+}
+
+impl<S, W> Pieces<S, W> {
+    fn new(tx: WriteTx, steps: S, write: W) -> Self {
+        Pieces {
+            tx,
+            steps,
+            write,
+            ready: std::collections::VecDeque::new(),
+            done: false,
+            failed: None,
+            proposed: 0,
+        }
+    }
+}
+
+impl<I, S, W> Pieces<S, W>
+where
+    S: Iterator<Item = I>,
+    W: FnMut(&mut WriteTx, I) -> Result<(), StoreError>,
+{
+    /// The next chunk of at most [`MAX_ACTIONS_PER_PROPOSAL`] actions,
+    /// filled up by writing more steps first. `None` when every step is
+    /// written and handed out, or once a step failed: what was prepared
+    /// but not yet handed out is dropped with it.
+    fn next_chunk(&mut self) -> Option<Vec<pb::StoreAction>> {
+        if self.failed.is_some() {
+            return None;
+        }
+        if !self.done && self.ready.len() < MAX_ACTIONS_PER_PROPOSAL {
+            let want = MAX_ACTIONS_PER_PROPOSAL - self.ready.len();
+            let Pieces {
+                tx,
+                steps,
+                write,
+                done,
+                ..
+            } = self;
+            let prepared = off_runtime(|| {
+                while tx.len() < want {
+                    let Some(step) = steps.next() else {
+                        *done = true;
+                        break;
+                    };
+                    write(tx, step)?;
+                }
+                Ok::<_, StoreError>(tx.take_actions())
+            });
+            match prepared {
+                Ok(actions) => self.ready.extend(actions),
+                Err(e) => {
+                    self.ready.clear();
+                    self.failed = Some(e);
+                    return None;
+                }
+            }
+        }
+        if self.ready.is_empty() {
+            return None;
+        }
+        // One step may write many actions (a single-step writer writes
+        // them all): hand them out in bounded chunks.
+        let n = self.ready.len().min(MAX_ACTIONS_PER_PROPOSAL);
+        let chunk: Vec<_> = self.ready.drain(..n).collect();
+        self.proposed += chunk.len();
+        Some(chunk)
+    }
 }
 
 /// What one term of leadership of an event-driven leader loop remembers,
@@ -193,21 +289,92 @@ async fn lead<T: Term>(
 mod tests {
     use super::*;
 
+    fn pieces<S: Iterator<Item = usize>>(
+        steps: S,
+        fail_at: Option<usize>,
+    ) -> Pieces<S, impl FnMut(&mut WriteTx, usize) -> Result<(), StoreError>> {
+        let store = crate::store::MemoryStore::new();
+        let mut next = 0;
+        Pieces::new(
+            store.write_tx(),
+            steps,
+            // Step `n` creates `n` tasks, numbered on from the last step's;
+            // step `fail_at` fails.
+            move |tx: &mut WriteTx, n: usize| {
+                if Some(n) == fail_at {
+                    return Err(StoreError::InvalidAction {
+                        reason: "step failed".into(),
+                    });
+                }
+                for _ in 0..n {
+                    tx.create(crate::store::testutil::task(
+                        &format!("{next:05}"),
+                        "s",
+                        1,
+                        "",
+                    ))?;
+                    next += 1;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    fn id(a: &pb::StoreAction) -> String {
+        match &a.target {
+            Some(pb::store_action::Target::Task(t)) => {
+                t.meta.as_ref().map_or_else(String::new, |m| m.id.clone())
+            }
+            _ => String::new(),
+        }
+    }
+
+    fn sizes<S: Iterator<Item = usize>>(
+        p: &mut Pieces<S, impl FnMut(&mut WriteTx, usize) -> Result<(), StoreError>>,
+    ) -> Vec<usize> {
+        std::iter::from_fn(|| p.next_chunk())
+            .map(|c| c.len())
+            .collect()
+    }
+
     #[test]
-    fn chunks_keep_the_order_and_are_bounded() {
-        let actions: Vec<pb::StoreAction> = (0..2500)
-            .map(|i| pb::StoreAction {
-                kind: i,
-                ..Default::default()
-            })
-            .collect();
-        let c: Vec<_> = chunks(actions).collect();
+    fn chunks_fill_up_to_the_bound_and_keep_the_order() {
+        // Steps are written until the chunk is full; what is over goes
+        // first into the next chunk, which more steps then fill.
+        let mut p = pieces([400, 400, 400, 900, 100].into_iter(), None);
+        assert_eq!(sizes(&mut p), [1000, 1000, 200]);
+        assert_eq!(p.proposed, 2200);
+        // One step of 2,500 actions goes out in bounded chunks, in order.
+        let mut p = pieces([2500].into_iter(), None);
+        let chunks: Vec<_> = std::iter::from_fn(|| p.next_chunk()).collect();
         assert_eq!(
-            c.iter().map(Vec::len).collect::<Vec<_>>(),
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
             [1000, 1000, 500]
         );
-        let flat: Vec<i32> = c.into_iter().flatten().map(|a| a.kind).collect();
-        assert_eq!(flat, (0..2500).collect::<Vec<_>>());
+        let ids: Vec<String> = chunks.iter().flatten().map(id).collect();
+        assert_eq!(
+            ids,
+            (0..2500).map(|i| format!("{i:05}")).collect::<Vec<_>>()
+        );
+        assert!(p.failed.is_none());
+    }
+
+    #[test]
+    fn a_failed_step_ends_the_stream_and_drops_its_chunk() {
+        // 999 + 2 fill the first chunk (one action over); then 5 is
+        // written and 7 fails: the 6 prepared actions are dropped with it.
+        let mut p = pieces([999, 2, 5, 7, 3].into_iter(), Some(7));
+        assert_eq!(sizes(&mut p), [1000]);
+        assert_eq!(p.proposed, 1000);
+        assert!(p.failed.is_some());
+        assert!(p.next_chunk().is_none());
+    }
+
+    #[test]
+    fn no_steps_no_chunk() {
+        let mut p = pieces(std::iter::empty(), None);
+        assert!(p.next_chunk().is_none());
+        assert!(p.failed.is_none());
     }
 
     /// The point of `off_runtime`: other tasks on the runtime (Raft's

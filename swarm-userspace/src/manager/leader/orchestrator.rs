@@ -14,7 +14,7 @@ use crate::orchestrator::{Action, Context, UpdateProgress, next_wake, nodes_of, 
 use crate::store::{Object, ReadTx, WatchItem};
 use crate::supervisor::{ControlLoop, LoopError};
 
-use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_chunked, until_leader};
+use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_streamed, until_leader};
 
 /// Which services the next pass looks at.
 #[derive(Debug, Default)]
@@ -196,13 +196,7 @@ impl OrchestratorLoop {
         {
             return Ok(0);
         }
-        let n = propose_chunked(&self.m, |tx| {
-            for a in &actions {
-                a.write(tx)?;
-            }
-            Ok(())
-        })
-        .await?;
+        let n = propose_streamed(&self.m, &actions, |tx, a| a.write(tx)).await?;
         tracing::debug!(services = ids.len(), writes = n, "orchestrator pass");
         Ok(n)
     }

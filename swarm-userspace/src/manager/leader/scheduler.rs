@@ -10,7 +10,7 @@ use crate::scheduler::{FailureHistory, NodeSet, is_schedulable, pending_tasks, s
 use crate::store::{Object, ReadTx, WatchItem};
 use crate::supervisor::{ControlLoop, LoopError};
 
-use super::{Manager, Term, lead, propose_chunked};
+use super::{Manager, Term, lead, propose_streamed};
 
 /// Places pending tasks while this manager leads.
 pub struct SchedulerLoop {
@@ -79,7 +79,7 @@ impl Term for SchedulerTerm {
             super::off_runtime(|| schedule(&NodeSet::from_view(&view), &pending, failures, now));
         let decided = started.elapsed();
         let placed = decisions.assigned.len();
-        let n = propose_chunked(m, |tx| decisions.write(tx, now)).await?;
+        let n = propose_streamed(m, decisions.steps(), |tx, s| s.write(tx, now)).await?;
         tracing::debug!(
             pending = pending.len(),
             placed,
