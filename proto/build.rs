@@ -18,6 +18,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // BTreeMap, not HashMap: maps then encode in key order, so every
         // manager produces the same bytes for the same store snapshot.
         .btree_map(".")
+        // Boxed: a store action is otherwise as large as its largest kind
+        // (2.6 kB), and batches of thousands of them were copied and paged
+        // in that size on every manager.
+        .boxed(".swarm.v1.StoreAction.target.cluster")
+        .boxed(".swarm.v1.StoreAction.target.node")
+        .boxed(".swarm.v1.StoreAction.target.service")
+        .boxed(".swarm.v1.StoreAction.target.task")
+        .boxed(".swarm.v1.StoreAction.target.network")
+        .boxed(".swarm.v1.StoreAction.target.secret")
+        .boxed(".swarm.v1.StoreAction.target.config")
         .build_server(true)
         .build_client(true)
         .compile_protos(&protos, &["."])?;

@@ -155,7 +155,7 @@ mod tests {
                 1,
                 super::super::new_batch(vec![pb::StoreAction {
                     kind: pb::StoreActionKind::Create.into(),
-                    target: Some(pb::store_action::Target::Cluster(c)),
+                    target: Some(pb::store_action::Target::Cluster(Box::new(c))),
                 }]),
             )
             .unwrap();

@@ -190,7 +190,7 @@ macro_rules! store_object {
                 }
             }
             fn into_target(self) -> Target {
-                Target::$ty(self)
+                Target::$ty(Box::new(self))
             }
         }
 
@@ -246,6 +246,6 @@ impl StoreObject for pb::Task {
         }
     }
     fn into_target(self) -> Target {
-        Target::Task(self)
+        Target::Task(Box::new(self))
     }
 }

@@ -93,7 +93,7 @@ fn node_id(n: u8) -> String {
 fn fresh(kind: Kind, n: u8, name: &str, on: u8, slot: u8) -> Target {
     let id = id(kind, n);
     match kind {
-        Kind::Service => Target::Service(service(&id, name)),
+        Kind::Service => Target::Service(Box::new(service(&id, name))),
         Kind::Task => {
             let mut t = task(
                 &id,
@@ -111,16 +111,16 @@ fn fresh(kind: Kind, n: u8, name: &str, on: u8, slot: u8) -> Target {
                 state: state as i32,
                 ..Default::default()
             });
-            Target::Task(t)
+            Target::Task(Box::new(t))
         }
-        Kind::Node => Target::Node(node(&id, name)),
-        Kind::Secret => Target::Secret(secret(&id, name)),
+        Kind::Node => Target::Node(Box::new(node(&id, name))),
+        Kind::Secret => Target::Secret(Box::new(secret(&id, name))),
     }
 }
 
 fn current(kind: Kind, view: &ReadTx, id: &str) -> Option<Target> {
-    fn get<T: StoreObject>(view: &ReadTx, id: &str) -> Option<T> {
-        view.get::<T>(id).map(|o| T::clone(&o))
+    fn get<T: StoreObject>(view: &ReadTx, id: &str) -> Option<Box<T>> {
+        view.get::<T>(id).map(|o| Box::new(T::clone(&o)))
     }
     match kind {
         Kind::Service => get::<pb::Service>(view, id).map(Target::Service),
@@ -518,14 +518,14 @@ proptest! {
                     let action = resolve(op, tx, &mut Claims::default());
                     // Refused writes are simply not part of the batch.
                     let _ = match (action.kind(), action.target) {
-                        (pb::StoreActionKind::Create, Some(Target::Service(o))) => tx.create(o),
-                        (pb::StoreActionKind::Create, Some(Target::Task(o))) => tx.create(o),
-                        (pb::StoreActionKind::Create, Some(Target::Node(o))) => tx.create(o),
-                        (pb::StoreActionKind::Create, Some(Target::Secret(o))) => tx.create(o),
-                        (pb::StoreActionKind::Update, Some(Target::Service(o))) => tx.update(o),
-                        (pb::StoreActionKind::Update, Some(Target::Task(o))) => tx.update(o),
-                        (pb::StoreActionKind::Update, Some(Target::Node(o))) => tx.update(o),
-                        (pb::StoreActionKind::Update, Some(Target::Secret(o))) => tx.update(o),
+                        (pb::StoreActionKind::Create, Some(Target::Service(o))) => tx.create(*o),
+                        (pb::StoreActionKind::Create, Some(Target::Task(o))) => tx.create(*o),
+                        (pb::StoreActionKind::Create, Some(Target::Node(o))) => tx.create(*o),
+                        (pb::StoreActionKind::Create, Some(Target::Secret(o))) => tx.create(*o),
+                        (pb::StoreActionKind::Update, Some(Target::Service(o))) => tx.update(*o),
+                        (pb::StoreActionKind::Update, Some(Target::Task(o))) => tx.update(*o),
+                        (pb::StoreActionKind::Update, Some(Target::Node(o))) => tx.update(*o),
+                        (pb::StoreActionKind::Update, Some(Target::Secret(o))) => tx.update(*o),
                         (pb::StoreActionKind::Remove, Some(Target::Service(o))) => tx.remove::<pb::Service>(o.id()),
                         (pb::StoreActionKind::Remove, Some(Target::Task(o))) => tx.remove::<pb::Task>(o.id()),
                         (pb::StoreActionKind::Remove, Some(Target::Node(o))) => tx.remove::<pb::Node>(o.id()),

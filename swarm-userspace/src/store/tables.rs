@@ -446,13 +446,13 @@ impl Tables {
             });
         };
         match target {
-            Target::Cluster(o) => self.dispatch(kind, o, stamp),
-            Target::Node(o) => self.dispatch(kind, o, stamp),
-            Target::Service(o) => self.dispatch(kind, o, stamp),
-            Target::Task(o) => self.dispatch(kind, o, stamp),
-            Target::Network(o) => self.dispatch(kind, o, stamp),
-            Target::Secret(o) => self.dispatch(kind, o, stamp),
-            Target::Config(o) => self.dispatch(kind, o, stamp),
+            Target::Cluster(o) => self.dispatch(kind, *o, stamp),
+            Target::Node(o) => self.dispatch(kind, *o, stamp),
+            Target::Service(o) => self.dispatch(kind, *o, stamp),
+            Target::Task(o) => self.dispatch(kind, *o, stamp),
+            Target::Network(o) => self.dispatch(kind, *o, stamp),
+            Target::Secret(o) => self.dispatch(kind, *o, stamp),
+            Target::Config(o) => self.dispatch(kind, *o, stamp),
         }
     }
 
