@@ -133,10 +133,11 @@ pub(crate) async fn propose_chunked(
 /// managers idle for a second.
 ///
 /// The caller holds the write lock, so each chunk applies on the state the
-/// next was prepared against. A step that fails ends the writing: the
-/// chunks before it are proposed (a pass is a reconciliation, and the next
-/// one starts from what was committed), the rest is dropped, and the step's
-/// error is returned. Returns how many actions were proposed.
+/// next was prepared against. A step that fails ends the writing: chunks
+/// already handed to Raft stay (a pass is a reconciliation, and the next
+/// one starts from what was committed), everything prepared since is
+/// dropped, and the step's error is returned. Returns how many actions
+/// were proposed.
 pub(crate) async fn propose_streamed<I>(
     m: &Manager,
     steps: impl IntoIterator<Item = I, IntoIter: Send>,
