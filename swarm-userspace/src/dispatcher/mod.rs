@@ -45,7 +45,7 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// or a runtime thread, for long; it goes out as proposals of at most
 /// [`MAX_ACTIONS_PER_PROPOSAL`](crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL)
 /// actions, several in Raft at once.
-pub const MAX_UPDATES_PER_WRITE: usize = 2 * crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL;
+pub const MAX_UPDATES_PER_WRITE: usize = 4 * crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL;
 
 /// Heartbeats per second the leader takes from all nodes together before it
 /// lengthens every node's period (as Nomad's `max_heartbeats_per_second`):

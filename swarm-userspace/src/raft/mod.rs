@@ -78,13 +78,14 @@ pub trait Fsm: Send + Sync + 'static {
 }
 
 /// Log entries one AppendEntries carries at most (openraft's default is
-/// 300): entries are store batches of up to 4,000 actions (about 2 MB of
+/// 300): entries are store batches of up to 2,000 actions (about 1 MB of
 /// tasks), and openraft allows an append one heartbeat interval (150 ms)
 /// to be sent, decoded, fsync'ed and answered, or sends it again. At 8
 /// entries of 1,000 actions a loaded follower missed that during placement
 /// of 100,000 tasks, again and again, until it called an election; 3 of
-/// 1,000 held. One entry of 4,000 is about that work.
-pub const MAX_ENTRIES_PER_APPEND: u64 = 1;
+/// 1,000 held. At 1 entry per append, 64 concurrent writers of small
+/// objects committed 630 writes/s instead of about 1,500.
+pub const MAX_ENTRIES_PER_APPEND: u64 = 3;
 
 /// Timing and retention of this manager's Raft.
 #[derive(Clone, Debug)]
