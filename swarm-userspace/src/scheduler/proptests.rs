@@ -233,4 +233,48 @@ proptest! {
         let (min, max) = (zones.iter().min().unwrap(), zones.iter().max().unwrap());
         prop_assert!(max - min <= 1, "{:?}", zones);
     }
+
+    /// Writing in node runs is a permutation that keeps each node's order,
+    /// writes round by round (a node's tasks `r × run` up to `(r + 1) × run`
+    /// are round `r`), and within a round writes each node's tasks together.
+    #[test]
+    fn node_runs_keep_order_and_bound_runs(
+        nodes_of in prop::collection::vec(0usize..6, 0..200),
+        run in 1usize..8,
+    ) {
+        let assigned: Vec<Assignment> = nodes_of
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Assignment { task_id: format!("t{i:03}"), node_id: format!("n{n}") })
+            .collect();
+        let order = in_node_runs(&assigned, run);
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        prop_assert_eq!(sorted, (0..assigned.len()).collect::<Vec<_>>());
+        // Each node's tasks in decision order.
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for &i in &order {
+            let n = assigned[i].node_id.as_str();
+            if let Some(&prev) = last.get(n) {
+                prop_assert!(prev < i, "node {} out of order", n);
+            }
+            last.insert(n, i);
+        }
+        // Round of each written task: its node's ordinal over `run`.
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let keys: Vec<(usize, &str)> = order
+            .iter()
+            .map(|&i| {
+                let n = assigned[i].node_id.as_str();
+                let k = seen.entry(n).or_default();
+                *k += 1;
+                ((*k - 1) / run, n)
+            })
+            .collect();
+        prop_assert!(keys.windows(2).all(|w| w[0].0 <= w[1].0), "a round went back");
+        // Within a round, each node's tasks are one stretch.
+        let stretches = keys.chunk_by(|a, b| a == b).count();
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        prop_assert_eq!(stretches, distinct.len());
+    }
 }

@@ -766,3 +766,40 @@ fn timing_100k_tasks_on_1000_nodes() {
         assert!(best < Duration::from_secs(1), "{name} took {best:?}");
     }
 }
+
+#[test]
+fn a_pass_is_written_in_runs_of_each_node() {
+    let assigned: Vec<Assignment> = (0..12)
+        .map(|i| Assignment {
+            task_id: format!("t{i:02}"),
+            node_id: format!("n{}", i % 3),
+        })
+        .collect();
+    let order: Vec<&str> = in_node_runs(&assigned, 2)
+        .into_iter()
+        .map(|i| assigned[i].task_id.as_str())
+        .collect();
+    // Decided round-robin over n0, n1, n2; written two per node at a time.
+    assert_eq!(
+        order,
+        [
+            "t00", "t03", "t01", "t04", "t02", "t05", "t06", "t09", "t07", "t10", "t08", "t11"
+        ]
+    );
+    let d = Decisions {
+        assigned,
+        unplaced: vec![Unplaced {
+            task_id: "u".into(),
+            reason: "no suitable node".into(),
+        }],
+    };
+    let steps: Vec<&str> = d
+        .steps()
+        .map(|s| match s {
+            Step::Assign(a) => a.task_id.as_str(),
+            Step::Unplaced(u) => u.task_id.as_str(),
+        })
+        .collect();
+    assert_eq!(steps.len(), 13);
+    assert_eq!(steps.last(), Some(&"u"));
+}
