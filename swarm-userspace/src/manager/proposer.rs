@@ -146,19 +146,19 @@ impl Proposer {
     /// [`PIPELINE`] of them in Raft at once (appended, replicated and
     /// fsynced together) instead of one round trip each. Stops at the first
     /// failure; chunks already submitted may still apply. Returns the Raft
-    /// index of the last.
+    /// index of each, in order.
     pub async fn propose_pipelined(
         &self,
         chunks: impl IntoIterator<Item = Vec<pb::StoreAction>>,
-    ) -> Result<u64, ProposeError> {
+    ) -> Result<Vec<u64>, ProposeError> {
         self.check()?;
         let mut in_flight = std::collections::VecDeque::new();
-        let mut last = 0;
+        let mut indexes = Vec::new();
         for chunk in chunks {
             if in_flight.len() >= PIPELINE
                 && let Some((started, rx)) = in_flight.pop_front()
             {
-                last = self.finish(rx, started).await?;
+                indexes.push(self.finish(rx, started).await?);
             }
             let started = std::time::Instant::now();
             let rx = self
@@ -169,9 +169,9 @@ impl Proposer {
             in_flight.push_back((started, rx));
         }
         while let Some((started, rx)) = in_flight.pop_front() {
-            last = self.finish(rx, started).await?;
+            indexes.push(self.finish(rx, started).await?);
         }
-        Ok(last)
+        Ok(indexes)
     }
 
     /// Waits for one pipelined proposal.

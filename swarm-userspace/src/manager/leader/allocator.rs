@@ -69,7 +69,7 @@ impl Term for AllocatorTerm {
         if out.is_empty() {
             return Ok(0);
         }
-        let n = propose_chunked(m, |tx| out.write(tx)).await?;
+        let n = propose_chunked(m, |tx| out.write(tx)).await?.actions;
         tracing::debug!(
             tasks = out.tasks.len(),
             services = out.services.len(),

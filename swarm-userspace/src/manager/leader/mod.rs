@@ -113,12 +113,22 @@ pub(crate) fn off_runtime<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// What [`propose_streamed`] committed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct Proposed {
+    /// Store actions.
+    pub actions: usize,
+    /// The Raft index of each chunk, in order: the versions of the commits
+    /// a store watch will show for them.
+    pub versions: Vec<u64>,
+}
+
 /// Proposes `write`'s actions in chunks of [`MAX_ACTIONS_PER_PROPOSAL`]:
 /// [`propose_streamed`] with a single step.
 pub(crate) async fn propose_chunked(
     m: &Manager,
     write: impl FnOnce(&mut WriteTx) -> Result<(), StoreError> + Send,
-) -> Result<usize, UpdateError> {
+) -> Result<Proposed, UpdateError> {
     let mut write = Some(write);
     propose_streamed(m, [()], move |tx, ()| match write.take() {
         Some(f) => f(tx),
@@ -140,23 +150,29 @@ pub(crate) async fn propose_chunked(
 /// already handed to Raft stay (a pass is a reconciliation, and the next
 /// one starts from what was committed), everything prepared since is
 /// dropped, and the step's error is returned. Returns how many actions
-/// were proposed.
+/// were proposed, and at which versions they were committed.
 pub(crate) async fn propose_streamed<I>(
     m: &Manager,
     steps: impl IntoIterator<Item = I, IntoIter: Send>,
     write: impl FnMut(&mut WriteTx, I) -> Result<(), StoreError> + Send,
-) -> Result<usize, UpdateError> {
+) -> Result<Proposed, UpdateError> {
     let mut pieces = Pieces::new(m.store.write_tx(), steps.into_iter(), write);
     // Nothing to write: no proposal, and no leadership or quorum check.
     let Some(first) = pieces.next_chunk() else {
-        return pieces.failed.map_or(Ok(0), |e| Err(e.into()));
+        return pieces
+            .failed
+            .map_or_else(|| Ok(Proposed::default()), |e| Err(e.into()));
     };
-    m.proposer
+    let versions = m
+        .proposer
         .propose_pipelined(std::iter::once(first).chain(std::iter::from_fn(|| pieces.next_chunk())))
         .await?;
     match pieces.failed {
         Some(e) => Err(e.into()),
-        None => Ok(pieces.proposed),
+        None => Ok(Proposed {
+            actions: pieces.proposed,
+            versions,
+        }),
     }
 }
 

@@ -2,7 +2,7 @@
 //! spec, tasks or nodes changed, and for services whose pass asked to be
 //! woken (restart delays, update delays and monitors); cleans up the tasks
 //! of removed services.
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,7 +11,7 @@ use swarm_proto::v1::TaskState as S;
 use tokio_util::sync::CancellationToken;
 
 use crate::orchestrator::{Action, Context, UpdateProgress, next_wake, nodes_of, orchestrate};
-use crate::store::{Object, ReadTx, WatchItem};
+use crate::store::{Event, Object, ReadTx, WatchItem};
 use crate::supervisor::{ControlLoop, LoopError};
 
 use super::{LEADERSHIP_CHECK, Manager, RETRY_DELAY, Wake, propose_streamed, until_leader};
@@ -91,12 +91,26 @@ impl Dirty {
         }
     }
 
-    fn note_items(&mut self, items: &[WatchItem]) {
+    /// Notes what `items` make dirty, leaving out what `seen` says the
+    /// passes already took into account.
+    fn note_items(&mut self, items: &[WatchItem], seen: &mut Seen) {
         for item in items {
             match item {
-                WatchItem::Resync { .. } => self.all = true,
-                WatchItem::Commit { events, .. } => {
+                WatchItem::Resync { .. } => {
+                    seen.own.clear();
+                    self.all = true;
+                }
+                WatchItem::Commit { version, events } => {
+                    let mine = seen.own.remove(version);
+                    seen.own = seen.own.split_off(version);
+                    if mine {
+                        continue;
+                    }
+                    let in_view = *version <= seen.version;
                     for e in events {
+                        if in_view && seen.covers(e) {
+                            continue;
+                        }
                         if let (Object::Task(new), Some(Object::Task(old))) = (&e.object, &e.old)
                             && new.service_id == old.service_id
                             && !new.service_id.is_empty()
@@ -116,6 +130,46 @@ impl Dirty {
     }
 }
 
+/// What this term's passes already took into account, so that the commits
+/// they read or wrote call for no other pass. Without it, the first pass
+/// over a new service of 100,000 tasks was followed by a second over all of
+/// them that decided nothing and held the write lock for two seconds: the
+/// allocator's write of the service had landed just before the first pass
+/// read its view, and reached the watch after it.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The last pass's view: commits up to this version were in it...
+    version: u64,
+    /// ...for every service...
+    all: bool,
+    /// ...or for these.
+    services: HashSet<String>,
+    /// Versions of the commits the passes wrote that the watch has not
+    /// shown yet; forgotten once it is past them.
+    own: BTreeSet<u64>,
+}
+
+impl Seen {
+    /// Whether the last pass's view held `e` for every service `e`
+    /// concerns (given `e` was committed by then).
+    fn covers(&self, e: &Event) -> bool {
+        if self.all {
+            return true;
+        }
+        let covered = |o: &Object| match o {
+            Object::Service(s) => s
+                .meta
+                .as_ref()
+                .is_some_and(|m| self.services.contains(&m.id)),
+            Object::Task(t) => t.service_id.is_empty() || self.services.contains(&t.service_id),
+            // Concern every service.
+            Object::Node(_) | Object::Cluster(_) => false,
+            _ => true,
+        };
+        covered(&e.object) && e.old.as_ref().is_none_or(covered)
+    }
+}
+
 /// Keeps services' tasks in line with their specs while this manager leads.
 pub struct OrchestratorLoop {
     m: Manager,
@@ -131,6 +185,7 @@ impl std::fmt::Debug for OrchestratorLoop {
 #[derive(Debug, Default)]
 struct Term {
     progress: HashMap<String, UpdateProgress>,
+    seen: Seen,
     /// Services that asked to be passed over again, and when.
     wakes: HashMap<String, SystemTime>,
 }
@@ -168,6 +223,9 @@ impl OrchestratorLoop {
                 .filter(|(_, at)| **at <= now)
                 .map(|(id, _)| id.clone()),
         );
+        term.seen.version = view.version();
+        term.seen.all = dirty.all;
+        term.seen.services.clone_from(&ids);
         let mut actions = Vec::new();
         super::off_runtime(|| {
             for id in &ids {
@@ -196,9 +254,14 @@ impl OrchestratorLoop {
         {
             return Ok(0);
         }
-        let n = propose_streamed(&self.m, &actions, |tx, a| a.write(tx)).await?;
-        tracing::debug!(services = ids.len(), writes = n, "orchestrator pass");
-        Ok(n)
+        let proposed = propose_streamed(&self.m, &actions, |tx, a| a.write(tx)).await?;
+        term.seen.own.extend(&proposed.versions);
+        tracing::debug!(
+            services = ids.len(),
+            writes = proposed.actions,
+            "orchestrator pass"
+        );
+        Ok(proposed.actions)
     }
 
     fn next_deadline(term: &Term) -> tokio::time::Instant {
@@ -282,6 +345,13 @@ impl ControlLoop for OrchestratorLoop {
                         .is_some_and(UpdateProgress::awaits_tasks)
                 });
                 if !dirty.is_empty() || due {
+                    tracing::debug!(
+                        all = dirty.all,
+                        services = dirty.services.len(),
+                        progressed = dirty.progressed.len(),
+                        due,
+                        "orchestrator pass starts"
+                    );
                     match self.pass(&mut term, &dirty).await {
                         Ok(_) => dirty = Dirty::default(),
                         Err(e) => {
@@ -298,7 +368,7 @@ impl ControlLoop for OrchestratorLoop {
                 match super::next_wake(&mut watch, Self::next_deadline(&term), &shutdown).await {
                     Wake::Shutdown => return Ok(()),
                     Wake::Deadline => {}
-                    Wake::Items(items) => dirty.note_items(&items),
+                    Wake::Items(items) => dirty.note_items(&items, &mut term.seen),
                 }
             }
             tracing::info!("orchestrator: no longer leading");
@@ -429,20 +499,99 @@ mod tests {
             old: Some(Object::Task(Arc::new(old))),
         };
         let mut d = Dirty::default();
-        d.note_items(&[WatchItem::Commit {
-            version: 1,
-            events: vec![event(
-                at(S::Assigned, S::Running),
-                at(S::Running, S::Running),
-            )],
-        }]);
+        d.note_items(
+            &[WatchItem::Commit {
+                version: 1,
+                events: vec![event(
+                    at(S::Assigned, S::Running),
+                    at(S::Running, S::Running),
+                )],
+            }],
+            &mut Seen::default(),
+        );
         assert!(d.services.is_empty());
         assert!(d.progressed.contains("svc"));
-        d.note_items(&[WatchItem::Commit {
-            version: 2,
-            events: vec![event(at(S::Running, S::Running), at(S::Failed, S::Running))],
-        }]);
+        d.note_items(
+            &[WatchItem::Commit {
+                version: 2,
+                events: vec![event(at(S::Running, S::Running), at(S::Failed, S::Running))],
+            }],
+            &mut Seen::default(),
+        );
         assert!(d.services.contains("svc"));
+    }
+
+    fn created(version: u64, service: &str) -> WatchItem {
+        use crate::store::EventKind;
+        WatchItem::Commit {
+            version,
+            events: vec![Event {
+                kind: EventKind::Created,
+                version,
+                object: Object::Task(Arc::new(testutil::task("t", service, 1, ""))),
+                old: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_loops_own_commits_make_nothing_dirty() {
+        use crate::store::{MemoryStore, ResyncReason};
+        let mut seen = Seen {
+            own: [3, 4, 9].into(),
+            ..Seen::default()
+        };
+        let mut d = Dirty::default();
+        d.note_items(&[created(3, "svc"), created(4, "svc")], &mut seen);
+        assert!(d.is_empty(), "{d:?}");
+        // Someone else's commit counts; own versions it passed are forgotten.
+        d.note_items(&[created(10, "svc")], &mut seen);
+        assert!(d.services.contains("svc"));
+        assert!(seen.own.is_empty(), "{seen:?}");
+        seen.own.insert(11);
+        let resync = WatchItem::Resync {
+            view: MemoryStore::new().view(),
+            reason: ResyncReason::Restored,
+        };
+        Dirty::default().note_items(&[resync], &mut seen);
+        assert!(seen.own.is_empty());
+    }
+
+    #[test]
+    fn commits_the_last_pass_read_count_only_for_services_it_left_out() {
+        let mut seen = Seen {
+            version: 5,
+            services: ["a".to_owned()].into(),
+            ..Seen::default()
+        };
+        let mut d = Dirty::default();
+        // In the pass's view and of a service it looked at: nothing to do.
+        d.note_items(&[created(5, "a")], &mut seen);
+        assert!(d.is_empty(), "{d:?}");
+        // In its view, but of a service it did not look at.
+        d.note_items(&[created(5, "b")], &mut seen);
+        assert!(d.services.contains("b"));
+        // After its view.
+        let mut d = Dirty::default();
+        d.note_items(&[created(6, "a")], &mut seen);
+        assert!(d.services.contains("a"));
+        // A node change concerns every service, unless the pass looked at all.
+        let node = |version| WatchItem::Commit {
+            version,
+            events: vec![Event {
+                kind: crate::store::EventKind::Created,
+                version,
+                object: Object::Node(Arc::new(testutil::node("n", "n"))),
+                old: None,
+            }],
+        };
+        let mut d = Dirty::default();
+        d.note_items(&[node(4)], &mut seen);
+        assert!(d.all);
+        seen.all = true;
+        let mut d = Dirty::default();
+        d.note_items(&[node(4)], &mut seen);
+        assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]

@@ -79,7 +79,9 @@ impl Term for SchedulerTerm {
             super::off_runtime(|| schedule(&NodeSet::from_view(&view), &pending, failures, now));
         let decided = started.elapsed();
         let placed = decisions.assigned.len();
-        let n = propose_streamed(m, decisions.steps(), |tx, s| s.write(tx, now)).await?;
+        let n = propose_streamed(m, decisions.steps(), |tx, s| s.write(tx, now))
+            .await?
+            .actions;
         tracing::debug!(
             pending = pending.len(),
             placed,
