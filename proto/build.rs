@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .boxed(".swarm.v1.StoreAction.target.network")
         .boxed(".swarm.v1.StoreAction.target.secret")
         .boxed(".swarm.v1.StoreAction.target.config")
+        .boxed(".swarm.v1.StoreAction.target.task_status")
         .build_server(true)
         .build_client(true)
         .compile_protos(&protos, &["."])?;

@@ -27,6 +27,7 @@ use tonic::{Request, Response, Status};
 pub mod netstate;
 pub mod router;
 
+use crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL;
 use crate::{
     ca::{self, NodeIdentity},
     manager::{Manager, caserver::manager_addrs},
@@ -41,11 +42,13 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// Status updates one combined write takes at most: the reports that
 /// arrived meanwhile are taken until they reach this many updates (a report
-/// is never split). Bounded so that one write never holds the write lock,
-/// or a runtime thread, for long; it goes out as proposals of at most
-/// [`MAX_ACTIONS_PER_PROPOSAL`](crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL)
-/// actions, several in Raft at once.
-pub const MAX_UPDATES_PER_WRITE: usize = 4 * crate::manager::leader::MAX_ACTIONS_PER_PROPOSAL;
+/// is never split). Bounded so that a writer waiting for the write lock,
+/// which waits for every status write in flight, never waits long; it goes
+/// out as proposals of at most [`MAX_ACTIONS_PER_PROPOSAL`] actions,
+/// several in Raft at once.
+pub const MAX_UPDATES_PER_WRITE: usize = 4 * MAX_ACTIONS_PER_PROPOSAL;
+/// Status writes in Raft at once (each up to [`MAX_UPDATES_PER_WRITE`]).
+pub const REPORT_WRITES_IN_FLIGHT: usize = 3;
 
 /// Heartbeats per second the leader takes from all nodes together before it
 /// lengthens every node's period (as Nomad's `max_heartbeats_per_second`):
@@ -452,42 +455,53 @@ impl Dispatcher {
     }
 
     /// Writes task status reports: everything that arrived while the
-    /// previous write was in flight goes out as one proposal (group
-    /// commit), so thousands of nodes reporting at once cost a few Raft
-    /// entries, not one each.
+    /// earlier writes were in flight goes out as one write (group commit),
+    /// so thousands of nodes reporting at once cost a few Raft entries, not
+    /// one each. Up to [`REPORT_WRITES_IN_FLIGHT`] writes are in Raft at
+    /// once: waiting for each to commit before proposing the next left the
+    /// other managers idle between them.
     async fn write_reports(
         self,
         mut rx: mpsc::UnboundedReceiver<Report>,
         shutdown: CancellationToken,
     ) {
+        let mut writing = tokio::task::JoinSet::new();
         while let Some(batch) =
             next_batch(&mut rx, &shutdown, MAX_UPDATES_PER_WRITE, report_size).await
         {
-            let updates: usize = batch.iter().map(|r| r.updates.len()).sum();
-            let started = Instant::now();
-            let result = self.write_batch(&batch).await;
-            tracing::debug!(
-                reports = batch.len(),
-                updates,
-                ms = started.elapsed().as_millis(),
-                ok = result.is_ok(),
-                "task status write"
-            );
-            for r in batch {
-                let _ = r.done.send(result.clone());
+            while writing.len() >= REPORT_WRITES_IN_FLIGHT {
+                let _ = writing.join_next().await;
             }
+            let this = self.clone();
+            writing.spawn(async move {
+                let updates: usize = batch.iter().map(|r| r.updates.len()).sum();
+                let started = Instant::now();
+                let result = this.write_batch(&batch).await;
+                tracing::debug!(
+                    reports = batch.len(),
+                    updates,
+                    ms = started.elapsed().as_millis(),
+                    ok = result.is_ok(),
+                    "task status write"
+                );
+                for r in batch {
+                    let _ = r.done.send(result.clone());
+                }
+            });
         }
+        while writing.join_next().await.is_some() {}
     }
 
     async fn write_batch(&self, batch: &[Report]) -> Result<(), Status> {
         if !self.m.is_leader() {
             return Err(self.not_leader());
         }
-        // Read, check and write under the write lock, so that the leader
-        // loops' batches and this one never conflict.
-        let _w = self.m.write_lock().await;
+        // Shared, until committed: reports are written as status-only
+        // actions that apply on whatever was written before them.
+        let _r = self.m.report_lock().await;
         let view = self.m.store.view();
-        let mut tasks: HashMap<String, pb::Task> = HashMap::new();
+        // Task ID → (node, newest status reported in this batch).
+        let mut latest: HashMap<&str, (&str, &pb::TaskStatus)> = HashMap::new();
         for r in batch {
             for u in &r.updates {
                 let Some(t) = view.get::<pb::Task>(&u.task_id) else {
@@ -497,15 +511,16 @@ impl Dispatcher {
                 if t.node_id != r.node_id {
                     continue;
                 }
-                let Some(status) = u.status.clone() else {
+                let Some(status) = u.status.as_ref() else {
                     continue;
                 };
-                let current = tasks
-                    .get(&u.task_id)
-                    .and_then(|t| t.status.as_ref())
-                    .or(t.status.as_ref())
-                    .map_or(0, |s| s.state);
-                // States only move forward; a late report is dropped.
+                let current = latest
+                    .get(u.task_id.as_str())
+                    .map(|(_, s)| s.state)
+                    .or(t.status.as_ref().map(|s| s.state))
+                    .unwrap_or(0);
+                // States only move forward; a late report is dropped (and
+                // would change nothing when applied).
                 if status.state < current {
                     continue;
                 }
@@ -519,23 +534,27 @@ impl Dispatcher {
                         .dispatcher_scheduling_delay
                         .observe(delay.as_secs_f64());
                 }
-                let entry = tasks
-                    .entry(u.task_id.clone())
-                    .or_insert_with(|| (*t).clone());
-                entry.status = Some(status);
+                latest.insert(u.task_id.as_str(), (r.node_id.as_str(), status));
             }
         }
-        if tasks.is_empty() {
+        if latest.is_empty() {
             return Ok(());
         }
+        let mut actions: Vec<pb::StoreAction> = latest
+            .into_iter()
+            .map(|(task, (node, status))| crate::store::status_report(task, node, status.clone()))
+            .collect();
         drop(view);
-        crate::manager::leader::propose_streamed(
-            &self.m,
-            tasks.into_values(),
-            |tx: &mut WriteTx, t| tx.update(t),
-        )
-        .await
-        .map_err(update_status)?;
+        let mut chunks = Vec::new();
+        while !actions.is_empty() {
+            let rest = actions.split_off(actions.len().min(MAX_ACTIONS_PER_PROPOSAL));
+            chunks.push(std::mem::replace(&mut actions, rest));
+        }
+        self.m
+            .proposer
+            .propose_pipelined(chunks)
+            .await
+            .map_err(crate::manager::caserver::propose_status)?;
         Ok(())
     }
 
@@ -636,6 +655,12 @@ impl Dispatcher {
                         pb::Reachability::Unreachable
                     } as i32;
                     if ms.leader != leader || ms.reachability != r {
+                        tracing::info!(
+                            node_id = %id,
+                            leader,
+                            reachable,
+                            "manager status changed"
+                        );
                         ms.leader = leader;
                         ms.reachability = r;
                         changed = true;

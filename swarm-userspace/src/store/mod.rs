@@ -185,7 +185,7 @@ impl MemoryStore {
         let events = batch
             .actions
             .into_iter()
-            .map(|a| next.apply_action(a, &mut stamp))
+            .filter_map(|a| next.apply_action(a, &mut stamp).transpose())
             .collect::<Result<Vec<_>, _>>()?;
         next.version = index;
         self.shared.publish(
@@ -258,6 +258,23 @@ impl MemoryStore {
     /// [`restore`](Self::restore) from [`snapshot_bytes`](Self::snapshot_bytes).
     pub fn restore_bytes(&self, bytes: &[u8]) -> Result<(), StoreError> {
         self.restore(pb::StoreSnapshot::decode(bytes)?)
+    }
+}
+
+/// The action that writes a node's status report for one of its tasks
+/// (see `pb::TaskStatusReport`): proposed as it is, without a
+/// [`WriteTx`], since it reads nothing to be written.
+#[must_use]
+pub fn status_report(task_id: &str, node_id: &str, status: pb::TaskStatus) -> pb::StoreAction {
+    pb::StoreAction {
+        kind: pb::StoreActionKind::Update.into(),
+        target: Some(pb::store_action::Target::TaskStatus(Box::new(
+            pb::TaskStatusReport {
+                task_id: task_id.to_owned(),
+                node_id: node_id.to_owned(),
+                status: Some(status),
+            },
+        ))),
     }
 }
 

@@ -430,12 +430,13 @@ impl Tables {
         })
     }
 
-    /// Applies one replicated action.
+    /// Applies one replicated action: its event, or `None` for a status
+    /// report that changes nothing.
     pub(super) fn apply_action(
         &mut self,
         action: pb::StoreAction,
         stamp: &mut Stamp,
-    ) -> Result<Event, StoreError> {
+    ) -> Result<Option<Event>, StoreError> {
         let kind =
             pb::StoreActionKind::try_from(action.kind).map_err(|_| StoreError::InvalidAction {
                 reason: format!("unknown action kind {}", action.kind),
@@ -446,14 +447,66 @@ impl Tables {
             });
         };
         match target {
-            Target::Cluster(o) => self.dispatch(kind, *o, stamp),
-            Target::Node(o) => self.dispatch(kind, *o, stamp),
-            Target::Service(o) => self.dispatch(kind, *o, stamp),
-            Target::Task(o) => self.dispatch(kind, *o, stamp),
-            Target::Network(o) => self.dispatch(kind, *o, stamp),
-            Target::Secret(o) => self.dispatch(kind, *o, stamp),
-            Target::Config(o) => self.dispatch(kind, *o, stamp),
+            Target::Cluster(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::Node(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::Service(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::Task(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::Network(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::Secret(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::Config(o) => self.dispatch(kind, *o, stamp).map(Some),
+            Target::TaskStatus(r) => {
+                if kind != pb::StoreActionKind::Update {
+                    return Err(StoreError::InvalidAction {
+                        reason: format!(
+                            "status report for task {} has kind {}; only UPDATE is allowed",
+                            r.task_id,
+                            kind.as_str_name()
+                        ),
+                    });
+                }
+                self.report_status(*r, stamp)
+            }
         }
+    }
+
+    /// A node's status report (see `pb::TaskStatusReport`): the task takes
+    /// the status if it still exists, is still on the reporting node and
+    /// its state does not go back; otherwise nothing changes (`None`). No
+    /// version check: the report was written without reading the task.
+    pub(super) fn report_status(
+        &mut self,
+        report: pb::TaskStatusReport,
+        stamp: &mut Stamp,
+    ) -> Result<Option<Event>, StoreError> {
+        let Some(status) = report.status else {
+            return Err(StoreError::InvalidAction {
+                reason: format!("status report for task {} has no status", report.task_id),
+            });
+        };
+        let Some(old) = self.tasks.get(&report.task_id).cloned() else {
+            return Ok(None);
+        };
+        if old.node_id != report.node_id || status.state < task_state(&old) {
+            return Ok(None);
+        }
+        let mut task = pb::Task::clone(&old);
+        task.status = Some(status);
+        if let Stamp::Commit { index, at, seen } = stamp {
+            let meta = task.meta.get_or_insert_with(Default::default);
+            meta.version = *index;
+            meta.updated_at = Some(*at);
+            // A later update in this batch carries the version from before it.
+            seen.entry((ObjectKind::Task, Key::from(report.task_id.as_str())))
+                .or_insert(old.version());
+        }
+        let task = Arc::new(task);
+        self.replace(&report.task_id, &*old, Arc::clone(&task));
+        Ok(Some(Event {
+            kind: EventKind::Updated,
+            version: stamp.version(),
+            object: pb::Task::into_object(task),
+            old: Some(pb::Task::into_object(old)),
+        }))
     }
 
     fn dispatch<T: StoreObject>(

@@ -221,6 +221,127 @@ fn versions_inside_a_batch_are_those_before_it() {
     assert_eq!(store.view().get::<pb::Task>("t0").unwrap().node_id, "n2");
 }
 
+// --- status reports ---------------------------------------------------------
+
+fn state(s: pb::TaskState) -> pb::TaskStatus {
+    pb::TaskStatus {
+        state: s.into(),
+        message: format!("{s:?}"),
+        ..Default::default()
+    }
+}
+
+fn state_of(store: &MemoryStore, id: &str) -> (i32, u64) {
+    let t = store.view().get::<pb::Task>(id).unwrap();
+    (t.status.as_ref().map_or(0, |s| s.state), t.version())
+}
+
+#[test]
+fn a_status_report_sets_the_status_and_stamps_the_task() {
+    use pb::TaskState as S;
+    let store = store_with(vec![create(task("t1", "s", 1, "n1"))]);
+    let events = store
+        .apply(
+            2,
+            batch(200, vec![status_report("t1", "n1", state(S::Running))]),
+        )
+        .unwrap();
+    let t = store.view().get::<pb::Task>("t1").unwrap();
+    assert_eq!(t.status, Some(state(S::Running)));
+    let meta = t.meta.as_ref().unwrap();
+    assert_eq!(meta.version, 2);
+    assert_eq!(meta.created_at, Some(ts(100)));
+    assert_eq!(meta.updated_at, Some(ts(200)));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, EventKind::Updated);
+    assert_eq!(events[0].object, Object::Task(t));
+    assert_eq!(
+        events[0]
+            .old
+            .as_ref()
+            .and_then(|o| o.as_task())
+            .map(|t| t.version()),
+        Some(1)
+    );
+    // The task-state index follows.
+    let counts: Vec<(i32, usize)> = store.view().task_state_counts().collect();
+    assert_eq!(counts, [(S::Running as i32, 1)]);
+}
+
+#[test]
+fn a_late_or_foreign_report_changes_nothing_and_the_batch_still_applies() {
+    use pb::TaskState as S;
+    let store = store_with(vec![
+        create(task("t1", "s", 1, "n1")),
+        create(task("t2", "s", 2, "n1")),
+    ]);
+    store
+        .apply(
+            2,
+            batch(200, vec![status_report("t1", "n1", state(S::Running))]),
+        )
+        .unwrap();
+    let events = store
+        .apply(
+            3,
+            batch(
+                300,
+                vec![
+                    // Goes back: dropped.
+                    status_report("t1", "n1", state(S::Starting)),
+                    // Another node's task: dropped.
+                    status_report("t2", "n2", state(S::Running)),
+                    // Gone: dropped.
+                    status_report("gone", "n1", state(S::Running)),
+                    // Applies.
+                    status_report("t2", "n1", state(S::Failed)),
+                ],
+            ),
+        )
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(state_of(&store, "t1"), (S::Running as i32, 2));
+    assert_eq!(state_of(&store, "t2"), (S::Failed as i32, 3));
+    assert_eq!(store.version(), 3);
+}
+
+#[test]
+fn a_report_is_an_update_only_and_must_carry_a_status() {
+    let store = store_with(vec![create(task("t1", "s", 1, "n1"))]);
+    let mut create_kind = status_report("t1", "n1", state(pb::TaskState::Running));
+    create_kind.kind = pb::StoreActionKind::Create.into();
+    let mut no_status = status_report("t1", "n1", state(pb::TaskState::Running));
+    if let Some(pb::store_action::Target::TaskStatus(r)) = &mut no_status.target {
+        r.status = None;
+    }
+    for bad in [create_kind, no_status] {
+        let err = store.apply(2, batch(200, vec![bad])).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidAction { .. }), "{err}");
+    }
+    assert_eq!(store.version(), 1);
+}
+
+#[test]
+fn an_update_after_a_report_in_one_batch_carries_the_version_before_it() {
+    use pb::TaskState as S;
+    let store = store_with(vec![create(task("t1", "s", 1, "n1"))]);
+    let mut t = (*store.view().get::<pb::Task>("t1").unwrap()).clone();
+    t.desired_state = S::Shutdown.into();
+    store
+        .apply(
+            2,
+            batch(
+                200,
+                vec![status_report("t1", "n1", state(S::Running)), update(t)],
+            ),
+        )
+        .unwrap();
+    let t = store.view().get::<pb::Task>("t1").unwrap();
+    assert_eq!(t.desired_state, S::Shutdown as i32);
+    // The full update wrote the task as it was read, status included.
+    assert_eq!(t.version(), 2);
+}
+
 // --- remove -----------------------------------------------------------------
 
 #[test]
@@ -705,6 +826,7 @@ fn target_id(t: &pb::store_action::Target) -> String {
         Target::Network(o) => o.id().to_owned(),
         Target::Secret(o) => o.id().to_owned(),
         Target::Config(o) => o.id().to_owned(),
+        Target::TaskStatus(r) => r.task_id.clone(),
     }
 }
 
