@@ -42,17 +42,10 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
 pub const MISSED_HEARTBEATS: u32 = 3;
 /// Status updates one combined write takes at most: the reports that
 /// arrived meanwhile are taken until they reach this many updates (a report
-/// is never split). Bounded so that a writer waiting for the write lock,
-/// which waits for every status write in flight, never waits long; it goes
-/// out as proposals of at most [`MAX_ACTIONS_PER_PROPOSAL`] actions,
-/// several in Raft at once.
+/// is never split). Bounded so that one write never holds the write lock
+/// for long; it goes out as proposals of at most
+/// [`MAX_ACTIONS_PER_PROPOSAL`] actions, several in Raft at once.
 pub const MAX_UPDATES_PER_WRITE: usize = 4 * MAX_ACTIONS_PER_PROPOSAL;
-/// Status writes in Raft at once (each up to [`MAX_UPDATES_PER_WRITE`]).
-/// Reports carry no version, so several could be; but 3 at once placed
-/// 100,000 tasks on 1,000 nodes no faster within this machine's noise,
-/// and in a 10,000-node run with 3 the followers fell behind after
-/// placement until a control-API write timed out. One, as before.
-pub const REPORT_WRITES_IN_FLIGHT: usize = 1;
 
 /// Heartbeats per second the leader takes from all nodes together before it
 /// lengthens every node's period (as Nomad's `max_heartbeats_per_second`):
@@ -459,48 +452,42 @@ impl Dispatcher {
     }
 
     /// Writes task status reports: everything that arrived while the
-    /// earlier writes were in flight goes out as one write (group commit),
+    /// previous write was in flight goes out as one write (group commit),
     /// so thousands of nodes reporting at once cost a few Raft entries, not
-    /// one each; [`REPORT_WRITES_IN_FLIGHT`] writes are in Raft at once.
+    /// one each. One write at a time: reports carry no version, so several
+    /// could be in Raft at once, but 3 at once placed 100,000 tasks on
+    /// 1,000 nodes no faster within this machine's noise.
     async fn write_reports(
         self,
         mut rx: mpsc::UnboundedReceiver<Report>,
         shutdown: CancellationToken,
     ) {
-        let mut writing = tokio::task::JoinSet::new();
         while let Some(batch) =
             next_batch(&mut rx, &shutdown, MAX_UPDATES_PER_WRITE, report_size).await
         {
-            while writing.len() >= REPORT_WRITES_IN_FLIGHT {
-                let _ = writing.join_next().await;
+            let updates: usize = batch.iter().map(|r| r.updates.len()).sum();
+            let started = Instant::now();
+            let result = self.write_batch(&batch).await;
+            tracing::debug!(
+                reports = batch.len(),
+                updates,
+                ms = started.elapsed().as_millis(),
+                ok = result.is_ok(),
+                "task status write"
+            );
+            for r in batch {
+                let _ = r.done.send(result.clone());
             }
-            let this = self.clone();
-            writing.spawn(async move {
-                let updates: usize = batch.iter().map(|r| r.updates.len()).sum();
-                let started = Instant::now();
-                let result = this.write_batch(&batch).await;
-                tracing::debug!(
-                    reports = batch.len(),
-                    updates,
-                    ms = started.elapsed().as_millis(),
-                    ok = result.is_ok(),
-                    "task status write"
-                );
-                for r in batch {
-                    let _ = r.done.send(result.clone());
-                }
-            });
         }
-        while writing.join_next().await.is_some() {}
     }
 
     async fn write_batch(&self, batch: &[Report]) -> Result<(), Status> {
         if !self.m.is_leader() {
             return Err(self.not_leader());
         }
-        // Shared, until committed: reports are written as status-only
-        // actions that apply on whatever was written before them.
-        let _r = self.m.report_lock().await;
+        // The view only filters out reports that would change nothing; the
+        // lock keeps it in step with the leader loops' writes.
+        let _w = self.m.write_lock().await;
         let view = self.m.store.view();
         // Task ID → (node, newest status reported in this batch).
         let mut latest: HashMap<&str, (&str, &pb::TaskStatus)> = HashMap::new();

@@ -96,11 +96,10 @@ pub struct Manager {
     pub identity: TlsIdentity,
     pub root: RootCert,
     /// Serializes the leader's read-decide-propose writes (leader loops,
-    /// node writes, the control API), as swarmkit's store update lock does:
-    /// a batch prepared under it applies without version conflicts from
-    /// the others. Status reports, which read nothing to be written, hold
-    /// it shared (see [`Manager::report_lock`]).
-    writes: Arc<tokio::sync::RwLock<()>>,
+    /// node writes, task status reports, the control API), as swarmkit's
+    /// store update lock does: a batch prepared under it applies without
+    /// version conflicts from the others.
+    writes: Arc<tokio::sync::Mutex<()>>,
     /// Set once this manager's store has caught up with the swarm (see
     /// [`Manager::caught_up`]); never cleared while it runs.
     caught_up: Arc<std::sync::atomic::AtomicBool>,
@@ -202,7 +201,7 @@ impl Manager {
             channels,
             identity,
             root,
-            writes: Arc::new(tokio::sync::RwLock::new(())),
+            writes: Arc::new(tokio::sync::Mutex::new(())),
             caught_up: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let server = ManagerServer {
@@ -251,18 +250,8 @@ impl Manager {
 
     /// Holds off the other serialized writers (see [`Manager::update`])
     /// while the caller reads a view, decides and proposes.
-    pub async fn write_lock(&self) -> tokio::sync::RwLockWriteGuard<'_, ()> {
-        self.writes.write().await
-    }
-
-    /// Held, until they commit, by writes of task status reports
-    /// (`store::status_report`) only: they carry no version and apply
-    /// whatever was written before them, so several may be in Raft at
-    /// once, while [`write_lock`](Self::write_lock) waits for all of them
-    /// and so reads a view that holds them. Fair both ways: a waiting
-    /// writer holds off new reports.
-    pub async fn report_lock(&self) -> tokio::sync::RwLockReadGuard<'_, ()> {
-        self.writes.read().await
+    pub async fn write_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writes.lock().await
     }
 
     /// Runs `f` on the current view and proposes what it wrote, with the

@@ -473,7 +473,7 @@ impl Tables {
     /// the status if it still exists, is still on the reporting node and
     /// its state does not go back; otherwise nothing changes (`None`). No
     /// version check: the report was written without reading the task.
-    pub(super) fn report_status(
+    fn report_status(
         &mut self,
         report: pb::TaskStatusReport,
         stamp: &mut Stamp,

@@ -102,7 +102,7 @@ impl Dirty {
                 }
                 WatchItem::Commit { version, events } => {
                     let mine = seen.own.remove(version);
-                    seen.own = seen.own.split_off(version);
+                    seen.own.retain(|v| v > version);
                     if mine {
                         continue;
                     }
