@@ -83,14 +83,65 @@ fn description(cfg: &SimulationConfig, i: usize) -> pb::NodeDescription {
     d
 }
 
-async fn join_one(
+/// Attempts at one node's join: a manager that cannot commit the join in
+/// time (thousands of joins at once on a loaded machine) answers "retry",
+/// and one failed node must not end the other 2,499 of its process. Should
+/// a timed-out join commit after all, its node stays down in the swarm,
+/// as a real `swarm join` retried by hand would leave it.
+const JOIN_ATTEMPTS: u32 = 5;
+
+/// Whether a failed join may work when tried again: the managers could not
+/// take it now (no leader, no quorum, a write not committed in time, a
+/// connection lost), as opposed to a refused token or request.
+fn join_retryable(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::FailedPrecondition
+            | tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Unknown
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Aborted
+    )
+}
+
+async fn join_retrying(
     cfg: &SimulationConfig,
     i: usize,
     root: &RootCert,
     ca_channel: Channel,
 ) -> Result<Joined, String> {
-    let key = NodeKey::generate().map_err(|e| e.to_string())?;
-    let csr = key.generate_csr(None).map_err(|e| e.to_string())?;
+    let mut attempt = 1;
+    loop {
+        match join_one(cfg, i, root, ca_channel.clone()).await {
+            Ok(j) => return Ok(j),
+            Err(JoinFailure::Rpc(s)) if join_retryable(s.code()) && attempt < JOIN_ATTEMPTS => {
+                tracing::debug!(node = i, attempt, error = %s.message(), "join failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500) * attempt).await;
+                attempt += 1;
+            }
+            Err(JoinFailure::Rpc(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),
+            Err(JoinFailure::Local(m)) => return Err(m),
+        }
+    }
+}
+
+enum JoinFailure {
+    /// The manager's answer.
+    Rpc(tonic::Status),
+    /// Keys, certificates: nothing a retry would change.
+    Local(String),
+}
+
+async fn join_one(
+    cfg: &SimulationConfig,
+    i: usize,
+    root: &RootCert,
+    ca_channel: Channel,
+) -> Result<Joined, JoinFailure> {
+    let local = |e: &dyn std::fmt::Display| JoinFailure::Local(e.to_string());
+    let key = NodeKey::generate().map_err(|e| local(&e))?;
+    let csr = key.generate_csr(None).map_err(|e| local(&e))?;
     let resp = NodeCaClient::new(ca_channel)
         .issue_node_certificate(pb::IssueNodeCertificateRequest {
             token: cfg.token.clone(),
@@ -101,11 +152,11 @@ async fn join_one(
             availability: pb::NodeAvailability::Active as i32,
         })
         .await
-        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+        .map_err(JoinFailure::Rpc)?
         .into_inner();
     let cert = NodeCert::from_pem(&String::from_utf8_lossy(&resp.certificate_pem))
-        .map_err(|e| e.to_string())?;
-    let identity = TlsIdentity::new(root, &cert, &key).map_err(|e| e.to_string())?;
+        .map_err(|e| local(&e))?;
+    let identity = TlsIdentity::new(root, &cert, &key).map_err(|e| local(&e))?;
     let mut managers = resp.managers;
     if managers.is_empty() {
         managers.push(cfg.manager.to_string());
@@ -149,7 +200,7 @@ pub async fn run(
         while next < cfg.count && joins.len() < cfg.join_concurrency.max(1) {
             let (cfg, root, ch) = (cfg.clone(), root.clone(), ca_channel.clone());
             let i = next;
-            joins.spawn(async move { (i, join_one(&cfg, i, &root, ch).await) });
+            joins.spawn(async move { (i, join_retrying(&cfg, i, &root, ch).await) });
             next += 1;
         }
         match joins.join_next().await {
@@ -253,6 +304,29 @@ impl Drop for BackgroundRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_busy_or_leaderless_swarm_is_retried() {
+        for c in [
+            tonic::Code::FailedPrecondition,
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            assert!(join_retryable(c), "{c:?}");
+        }
+        for c in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Unauthenticated,
+        ] {
+            assert!(!join_retryable(c), "{c:?}");
         }
     }
 }
