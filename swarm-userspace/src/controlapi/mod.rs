@@ -617,28 +617,28 @@ impl control_server::Control for ControlApi {
         let svc = resolve_service(&self.m, &req.get_ref().service_ref)?;
         let id = svc.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
         let tasks = self.m.store.view().tasks_by_service(&id);
-        let actions = self
-            .m
-            .store
-            .prepare(|tx: &mut WriteTx| {
-                tx.remove::<pb::Service>(&id)?;
-                // Its tasks are to be torn down: agents stop them and the
-                // task reaper deletes them once they have stopped.
-                for t in tasks {
-                    if t.desired_state < pb::TaskState::Remove as i32 {
-                        let mut t = (*t).clone();
-                        t.desired_state = pb::TaskState::Remove as i32;
-                        tx.update(t)?;
-                    }
+        // In bounded entries, the service's removal first: 100,000 tasks in
+        // one entry (25 MB) were more than an AppendEntries can carry in
+        // time. Should a later entry fail, the orchestrator tears down the
+        // tasks of a service that is gone all the same.
+        crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
+            tx.remove::<pb::Service>(&id)?;
+            // Its tasks are to be torn down: agents stop them and the
+            // task reaper deletes them once they have stopped.
+            for t in tasks {
+                if t.desired_state < pb::TaskState::Remove as i32 {
+                    let mut t = (*t).clone();
+                    t.desired_state = pb::TaskState::Remove as i32;
+                    tx.update(t)?;
                 }
-                Ok::<(), StoreError>(())
-            })
-            .map_err(store_status)?;
-        self.m
-            .proposer
-            .propose(actions)
-            .await
-            .map_err(propose_status)?;
+            }
+            Ok::<(), StoreError>(())
+        })
+        .await
+        .map_err(|e| match e {
+            crate::manager::UpdateError::Store(e) => store_status(e),
+            crate::manager::UpdateError::Propose(e) => propose_status(e),
+        })?;
         tracing::info!(service_id = %id, "service removed");
         Ok(Response::new(pb::RemoveServiceResponse {}))
     }

@@ -536,7 +536,7 @@ impl Dispatcher {
         drop(view);
         let mut chunks = Vec::new();
         while !actions.is_empty() {
-            let rest = actions.split_off(actions.len().min(MAX_ACTIONS_PER_PROPOSAL));
+            let rest = actions.split_off(crate::manager::leader::proposal_len(&actions));
             chunks.push(std::mem::replace(&mut actions, rest));
         }
         self.m
@@ -668,16 +668,18 @@ impl Dispatcher {
         if updates.is_empty() {
             return Ok(());
         }
-        self.m
-            .update(|tx: &mut WriteTx| {
-                for n in updates {
-                    tx.update(n)?;
-                }
-                Ok::<(), crate::store::StoreError>(())
-            })
-            .await
-            .map(|_| ())
-            .map_err(update_status)
+        // After a leader change, thousands of nodes may come back at once:
+        // in bounded entries.
+        let _w = self.m.write_lock().await;
+        crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
+            for n in updates {
+                tx.update(n)?;
+            }
+            Ok::<(), crate::store::StoreError>(())
+        })
+        .await
+        .map(|_| ())
+        .map_err(update_status)
     }
 }
 

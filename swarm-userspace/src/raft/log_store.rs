@@ -107,6 +107,30 @@ impl RaftLogReader<TypeConfig> for LogStore {
         }
         Ok(out)
     }
+
+    /// What one AppendEntries carries: entries from `start` until they
+    /// reach [`MAX_APPEND_BYTES`](super::MAX_APPEND_BYTES) (always at least
+    /// one); openraft also caps the count.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in table.range::<u64>(start..end).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            let v = v.value();
+            bytes += v.len();
+            if !out.is_empty() && bytes > super::MAX_APPEND_BYTES {
+                break;
+            }
+            out.push(postcard::from_bytes(v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -219,5 +243,71 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 .map_err(write_err)?;
         }
         txn.commit().map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    use super::*;
+    use crate::raft::{MAX_APPEND_BYTES, Proposal};
+
+    /// A log holding one entry of `size` payload bytes per element.
+    fn log_of(sizes: &[usize]) -> (tempfile::TempDir, LogStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LogStore::open(dir.path()).unwrap();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(LOG).unwrap();
+            for (i, size) in sizes.iter().enumerate() {
+                let index = i as u64 + 1;
+                let e: Entry<TypeConfig> = Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(Proposal {
+                        timestamp_nanos: 0,
+                        payload: vec![7; *size],
+                    }),
+                };
+                table
+                    .insert(index, postcard::to_allocvec(&e).unwrap().as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        (dir, store)
+    }
+
+    fn indexes(v: &[Entry<TypeConfig>]) -> Vec<u64> {
+        v.iter().map(|e| e.log_id.index).collect()
+    }
+
+    #[tokio::test]
+    async fn an_append_stops_at_the_byte_bound_but_carries_at_least_one_entry() {
+        let third = MAX_APPEND_BYTES / 3;
+        let (_d, mut log) = log_of(&[third, third, third, third, 10, 2 * MAX_APPEND_BYTES, 10]);
+        // Three thirds and their framing pass the bound: two go.
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(1, 8).await.unwrap()),
+            [1, 2]
+        );
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(3, 8).await.unwrap()),
+            [3, 4, 5]
+        );
+        // An entry bigger than the bound goes alone.
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(6, 8).await.unwrap()),
+            [6]
+        );
+        // Small entries all go, up to the end asked for.
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(7, 8).await.unwrap()),
+            [7]
+        );
+        assert_eq!(
+            indexes(&log.limited_get_log_entries(1, 2).await.unwrap()),
+            [1]
+        );
     }
 }

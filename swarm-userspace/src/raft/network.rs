@@ -165,10 +165,34 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<RaftId>, RpcErr<RaftError<RaftId>>> {
-        self.call(&rpc, &option, |mut c, r| {
-            Box::pin(async move { c.append_entries(r).await })
-        })
-        .await
+        // What a slow append was made of, for the debug log: appends that
+        // miss openraft's timeout are re-sent whole.
+        let entries = rpc.entries.len();
+        let bytes: usize = rpc
+            .entries
+            .iter()
+            .map(|e| match &e.payload {
+                openraft::EntryPayload::Normal(p) => p.payload.len(),
+                _ => 0,
+            })
+            .sum();
+        let started = Instant::now();
+        let r = self
+            .call(&rpc, &option, |mut c, r| {
+                Box::pin(async move { c.append_entries(r).await })
+            })
+            .await;
+        if entries > 0 {
+            tracing::debug!(
+                target = self.target,
+                entries,
+                bytes,
+                ms = started.elapsed().as_millis(),
+                ok = r.is_ok(),
+                "Raft append sent"
+            );
+        }
+        r
     }
 
     async fn install_snapshot(
