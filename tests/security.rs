@@ -134,7 +134,7 @@ fn the_cluster_port_refuses_anonymous_workers_and_removed_nodes() {
         rt().block_on(async move {
             let ch = ca::connect(target, tls).await.map_err(|e| e.to_string())?;
             swarm_proto::v1::dispatcher_client::DispatcherClient::new(ch)
-                .heartbeat(pb::HeartbeatRequest {
+                .assignments(pb::AssignmentsRequest {
                     session_id: "x".into(),
                 })
                 .await

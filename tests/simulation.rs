@@ -64,6 +64,21 @@ fn hundreds_of_simulated_nodes_join_and_take_tasks() {
                 .then_some(())
         },
     );
+    // Every node keeps heartbeating (once a second, on its session's
+    // stream): over 3 s the leader counts at least two beats per node, and
+    // no node is marked down (which 3 silent periods would do).
+    let before = metric(n1, "swarm_dispatcher_heartbeats_total");
+    std::thread::sleep(Duration::from_secs(4));
+    let beats = metric(n1, "swarm_dispatcher_heartbeats_total") - before;
+    assert!(
+        beats >= 2.0 * SIMULATED as f64,
+        "{beats} heartbeats from {SIMULATED} nodes in 4 s"
+    );
+    let ls = node_ls(n1).expect("node ls");
+    assert!(
+        ls.iter().all(|n| state_of(n) == "ready"),
+        "a node went down: {ls:?}"
+    );
     assert!(sim.is_running(), "the simulator exited early");
     sim.terminate(Duration::from_secs(10));
 }

@@ -126,6 +126,40 @@ impl Agent {
             Err(s) => return redirect_or_fail(&s),
         };
 
+        // Heartbeats go as messages on one stream; its answers come back
+        // on the same stream, one per beat. The first beat goes with the
+        // stream's opening: tonic returns from the call only once the
+        // leader's response headers arrive, which its server sends with
+        // the first answer.
+        let (beats_tx, beats_rx) = tokio::sync::mpsc::channel(1);
+        let opening = {
+            let mut client = client.clone();
+            let first = pb::HeartbeatRequest {
+                session_id: session_id.clone(),
+            };
+            async move {
+                // Room for one, and nothing sent yet: cannot fail.
+                let _ = beats_tx.try_send(first);
+                let mut answers = client
+                    .heartbeats(tokio_stream::wrappers::ReceiverStream::new(beats_rx))
+                    .await?
+                    .into_inner();
+                let answer = answers.message().await?;
+                Ok::<_, tonic::Status>((beats_tx, answers, answer))
+            }
+        };
+        let (beats_tx, mut answers) = match tokio::time::timeout(beat.patience(), opening).await {
+            Ok(Ok((tx, answers, Some(r)))) => {
+                beat.answered(r.period_ms);
+                (tx, answers)
+            }
+            Ok(Ok((_, _, None))) => {
+                return SessionEnd::Failed("the leader ended the heartbeat stream".into());
+            }
+            Ok(Err(s)) => return redirect_or_fail(&s),
+            Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
+        };
+
         // A new leader may have missed any earlier report.
         self.worker.statuses().resend_all();
         let mut sending = InFlight(None);
@@ -139,10 +173,19 @@ impl Agent {
                     }
                 }
                 () = beat.due() => {
-                    let hb = client.heartbeat(pb::HeartbeatRequest { session_id: session_id.clone() });
-                    match tokio::time::timeout(beat.patience(), hb).await {
-                        Ok(Ok(r)) => beat.answered(r.get_ref().period_ms),
-                        Ok(Err(s)) => return redirect_or_fail(&s),
+                    let hb = pb::HeartbeatRequest { session_id: session_id.clone() };
+                    let answer = async {
+                        if beats_tx.send(hb).await.is_err() {
+                            return None;
+                        }
+                        Some(answers.message().await)
+                    };
+                    match tokio::time::timeout(beat.patience(), answer).await {
+                        Ok(Some(Ok(Some(r)))) => beat.answered(r.period_ms),
+                        Ok(Some(Err(s))) => return redirect_or_fail(&s),
+                        Ok(None | Some(Ok(None))) => {
+                            return SessionEnd::Failed("the leader ended the heartbeat stream".into());
+                        }
                         Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
                     }
                 }

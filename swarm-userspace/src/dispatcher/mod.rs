@@ -130,8 +130,10 @@ struct Session {
     /// was last given.
     grace: Duration,
     /// Dropping it (the session replaced, or leadership lost) ends the
-    /// session's stream.
+    /// session's streams.
     _stop: tokio_util::sync::DropGuard,
+    /// Cancelled when `_stop` drops.
+    ended: CancellationToken,
 }
 
 impl Session {
@@ -245,6 +247,20 @@ impl Dispatcher {
 
     pub fn into_server(self) -> dispatcher_server::DispatcherServer<Self> {
         dispatcher_server::DispatcherServer::new(self)
+    }
+
+    /// One heartbeat from `node_id`'s session: the node is alive, and is
+    /// told the period to keep.
+    fn beat(&self, node_id: &str, session_id: &str) -> Result<pb::HeartbeatResponse, Status> {
+        if !self.m.is_leader() {
+            return Err(self.not_leader());
+        }
+        let period = self.period_now();
+        self.check_session(node_id, session_id, Some(period))?;
+        crate::metrics::metrics().dispatcher_heartbeats.inc();
+        Ok(pb::HeartbeatResponse {
+            period_ms: millis(period),
+        })
     }
 
     fn not_leader(&self) -> Status {
@@ -445,6 +461,12 @@ impl Dispatcher {
         let node_writing =
             rx.map(|rx| tokio::spawn(self.clone().write_nodes(rx, shutdown.clone())));
         self.leader_duties(shutdown).await;
+        // Ends every session's streams: their connections may outlive the
+        // cluster port's server.
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         let _ = routing.await;
         for w in [writing, node_writing].into_iter().flatten() {
             let _ = w.await;
@@ -685,11 +707,15 @@ impl Dispatcher {
 
 type SessionStream = ReceiverStream<Result<pb::SessionMessage, Status>>;
 type AssignmentsStream = ReceiverStream<Result<pb::AssignmentsMessage, Status>>;
+type HeartbeatsStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>,
+>;
 
 #[tonic::async_trait]
 impl dispatcher_server::Dispatcher for Dispatcher {
     type SessionStream = SessionStream;
     type AssignmentsStream = AssignmentsStream;
+    type HeartbeatsStream = HeartbeatsStream;
 
     async fn session(
         &self,
@@ -716,6 +742,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                     last_seen: Instant::now(),
                     grace: grace(period),
                     _stop: stop.clone().drop_guard(),
+                    ended: stop.clone(),
                 },
             );
             sessions.len()
@@ -771,22 +798,35 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn heartbeat(
+    async fn heartbeats(
         &self,
-        req: Request<pb::HeartbeatRequest>,
-    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        req: Request<tonic::Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<HeartbeatsStream>, Status> {
         if !self.m.is_leader() {
             return Err(self.not_leader());
         }
         let Some(who) = ca::peer_identity(&req) else {
             return Err(Status::unauthenticated("sessions need a node certificate"));
         };
-        let period = self.period_now();
-        self.check_session(&who.node_id, &req.get_ref().session_id, Some(period))?;
-        crate::metrics::metrics().dispatcher_heartbeats.inc();
-        Ok(Response::new(pb::HeartbeatResponse {
-            period_ms: millis(period),
-        }))
+        let node_id = who.node_id.to_string();
+        // The stream lives as long as the node's session: it ends when the
+        // session is replaced or dropped (leadership lost, the manager
+        // stopping), even if its connection outlives the server.
+        let ended = self
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&node_id)
+            .map(|s| s.ended.clone())
+            .ok_or_else(|| Status::not_found("no session: open a session first"))?;
+        let this = self.clone();
+        // Answered in line as each beat arrives: no task or channel per
+        // stream. The first error (a lost session, leadership gone) ends it.
+        let answers = futures_util::StreamExt::map(req.into_inner(), move |beat| {
+            this.beat(&node_id, &beat?.session_id)
+        });
+        let answers = futures_util::StreamExt::take_until(answers, ended.cancelled_owned());
+        Ok(Response::new(Box::pin(answers)))
     }
 
     async fn assignments(
@@ -1347,6 +1387,7 @@ mod tests {
             last_seen: Instant::now(),
             grace: grace(p),
             _stop: token.clone().drop_guard(),
+            ended: token.clone(),
         };
         let t0 = s.last_seen;
         assert!(s.alive(t0 + Duration::from_secs(15)));
