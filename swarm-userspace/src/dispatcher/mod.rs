@@ -401,15 +401,7 @@ impl Dispatcher {
         let written = if changed.is_empty() {
             Ok(())
         } else {
-            crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
-                for n in changed {
-                    tx.update(n)?;
-                }
-                Ok::<(), crate::store::StoreError>(())
-            })
-            .await
-            .map(|_| ())
-            .map_err(update_status)
+            self.update_nodes(changed).await
         };
         results
             .into_iter()
@@ -693,8 +685,13 @@ impl Dispatcher {
         // After a leader change, thousands of nodes may come back at once:
         // in bounded entries.
         let _w = self.m.write_lock().await;
+        self.update_nodes(updates).await
+    }
+
+    /// Writes `nodes` in bounded entries. The caller holds the write lock.
+    async fn update_nodes(&self, nodes: Vec<pb::Node>) -> Result<(), Status> {
         crate::manager::leader::propose_chunked(&self.m, |tx: &mut WriteTx| {
-            for n in updates {
+            for n in nodes {
                 tx.update(n)?;
             }
             Ok::<(), crate::store::StoreError>(())
