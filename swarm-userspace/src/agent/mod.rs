@@ -132,33 +132,25 @@ impl Agent {
         // leader's response headers arrive, which its server sends with
         // the first answer.
         let (beats_tx, beats_rx) = tokio::sync::mpsc::channel(1);
-        let opening = {
-            let mut client = client.clone();
-            let first = pb::HeartbeatRequest {
-                session_id: session_id.clone(),
-            };
-            async move {
-                // Room for one, and nothing sent yet: cannot fail.
-                let _ = beats_tx.try_send(first);
-                let mut answers = client
-                    .heartbeats(tokio_stream::wrappers::ReceiverStream::new(beats_rx))
-                    .await?
-                    .into_inner();
-                let answer = answers.message().await?;
-                Ok::<_, tonic::Status>((beats_tx, answers, answer))
-            }
-        };
-        let (beats_tx, mut answers) = match tokio::time::timeout(beat.patience(), opening).await {
-            Ok(Ok((tx, answers, Some(r)))) => {
-                beat.answered(r.period_ms);
-                (tx, answers)
-            }
-            Ok(Ok((_, _, None))) => {
-                return SessionEnd::Failed("the leader ended the heartbeat stream".into());
-            }
+        // Room for one, and nothing sent yet: cannot fail.
+        let _ = beats_tx.try_send(pb::HeartbeatRequest {
+            session_id: session_id.clone(),
+        });
+        let deadline = tokio::time::Instant::now() + beat.patience();
+        let opened = tokio::time::timeout_at(
+            deadline,
+            client.heartbeats(tokio_stream::wrappers::ReceiverStream::new(beats_rx)),
+        )
+        .await;
+        let mut answers = match opened {
+            Ok(Ok(s)) => s.into_inner(),
             Ok(Err(s)) => return redirect_or_fail(&s),
             Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
         };
+        match next_answer(&mut answers, deadline).await {
+            Ok(period_ms) => beat.answered(period_ms),
+            Err(end) => return end,
+        }
 
         // A new leader may have missed any earlier report.
         self.worker.statuses().resend_all();
@@ -174,19 +166,15 @@ impl Agent {
                 }
                 () = beat.due() => {
                     let hb = pb::HeartbeatRequest { session_id: session_id.clone() };
-                    let answer = async {
-                        if beats_tx.send(hb).await.is_err() {
-                            return None;
-                        }
-                        Some(answers.message().await)
-                    };
-                    match tokio::time::timeout(beat.patience(), answer).await {
-                        Ok(Some(Ok(Some(r)))) => beat.answered(r.period_ms),
-                        Ok(Some(Err(s))) => return redirect_or_fail(&s),
-                        Ok(None | Some(Ok(None))) => {
-                            return SessionEnd::Failed("the leader ended the heartbeat stream".into());
-                        }
-                        Err(_) => return SessionEnd::Failed("heartbeat timed out".into()),
+                    // The previous beat was answered, so the stream took it
+                    // and there is room: this does not wait.
+                    if beats_tx.send(hb).await.is_err() {
+                        return SessionEnd::Failed("the leader ended the heartbeat stream".into());
+                    }
+                    let deadline = tokio::time::Instant::now() + beat.patience();
+                    match next_answer(&mut answers, deadline).await {
+                        Ok(period_ms) => beat.answered(period_ms),
+                        Err(end) => return end,
                     }
                 }
                 msg = stream.message() => match msg {
@@ -283,6 +271,22 @@ impl Agent {
             self.events.role_changed(new_role);
         }
         Ok(())
+    }
+}
+
+/// The leader's answer to the beat just sent, by `deadline`: the period to
+/// keep, or how the session ends.
+async fn next_answer(
+    answers: &mut tonic::Streaming<pb::HeartbeatResponse>,
+    deadline: tokio::time::Instant,
+) -> Result<u64, SessionEnd> {
+    match tokio::time::timeout_at(deadline, answers.message()).await {
+        Ok(Ok(Some(r))) => Ok(r.period_ms),
+        Ok(Ok(None)) => Err(SessionEnd::Failed(
+            "the leader ended the heartbeat stream".into(),
+        )),
+        Ok(Err(s)) => Err(redirect_or_fail(&s)),
+        Err(_) => Err(SessionEnd::Failed("heartbeat timed out".into())),
     }
 }
 

@@ -129,11 +129,15 @@ struct Session {
     /// Silence allowed after `last_seen`: the grace of the period this node
     /// was last given.
     grace: Duration,
-    /// Dropping it (the session replaced, or leadership lost) ends the
-    /// session's streams.
-    _stop: tokio_util::sync::DropGuard,
-    /// Cancelled when `_stop` drops.
+    /// Cancelled when the session is dropped (replaced, or leadership
+    /// lost): ends the session's streams.
     ended: CancellationToken,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ended.cancel();
+    }
 }
 
 impl Session {
@@ -738,7 +742,6 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                     id: session_id.clone(),
                     last_seen: Instant::now(),
                     grace: grace(period),
-                    _stop: stop.clone().drop_guard(),
                     ended: stop.clone(),
                 },
             );
@@ -1383,7 +1386,6 @@ mod tests {
             id: "s".into(),
             last_seen: Instant::now(),
             grace: grace(p),
-            _stop: token.clone().drop_guard(),
             ended: token.clone(),
         };
         let t0 = s.last_seen;

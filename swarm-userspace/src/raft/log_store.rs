@@ -4,7 +4,12 @@
 //! is durable: a manager that acknowledged an entry still has it after a
 //! power cut. Entries are encoded with postcard. This module stores and
 //! returns entries; it never interprets them.
-use std::{fmt::Debug, ops::RangeBounds, path::Path, sync::Arc};
+use std::{
+    fmt::Debug,
+    ops::{Bound, RangeBounds},
+    path::Path,
+    sync::Arc,
+};
 
 use openraft::{
     Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError, Vote,
@@ -90,6 +95,29 @@ impl LogStore {
     pub fn is_empty(&self) -> Result<bool, SErr> {
         Ok(self.len()? == 0)
     }
+
+    /// The entries in `bounds`, stopping before the one that would take
+    /// their encoded size past `max_bytes` (the first always comes).
+    fn read_entries(
+        &self,
+        bounds: (Bound<u64>, Bound<u64>),
+        max_bytes: usize,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let txn = self.db.begin_read().map_err(read_err)?;
+        let table = txn.open_table(LOG).map_err(read_err)?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in table.range::<u64>(bounds).map_err(read_err)? {
+            let (_, v) = item.map_err(read_err)?;
+            let v = v.value();
+            bytes = bytes.saturating_add(v.len());
+            if !out.is_empty() && bytes > max_bytes {
+                break;
+            }
+            out.push(postcard::from_bytes(v).map_err(read_err)?);
+        }
+        Ok(out)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -97,15 +125,8 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
         let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        let mut out = Vec::new();
-        for item in table.range::<u64>(bounds).map_err(read_err)? {
-            let (_, v) = item.map_err(read_err)?;
-            out.push(postcard::from_bytes(v.value()).map_err(read_err)?);
-        }
-        Ok(out)
+        self.read_entries(bounds, usize::MAX)
     }
 
     /// What one AppendEntries carries: entries from `start` until they
@@ -116,20 +137,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         start: u64,
         end: u64,
     ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
-        let txn = self.db.begin_read().map_err(read_err)?;
-        let table = txn.open_table(LOG).map_err(read_err)?;
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for item in table.range::<u64>(start..end).map_err(read_err)? {
-            let (_, v) = item.map_err(read_err)?;
-            let v = v.value();
-            bytes += v.len();
-            if !out.is_empty() && bytes > super::MAX_APPEND_BYTES {
-                break;
-            }
-            out.push(postcard::from_bytes(v).map_err(read_err)?);
-        }
-        Ok(out)
+        self.read_entries(
+            (Bound::Included(start), Bound::Excluded(end)),
+            super::MAX_APPEND_BYTES,
+        )
     }
 }
 

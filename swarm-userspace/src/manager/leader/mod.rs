@@ -149,7 +149,7 @@ pub(crate) struct Proposed {
     pub versions: Vec<u64>,
 }
 
-/// Proposes `write`'s actions in chunks of [`MAX_ACTIONS_PER_PROPOSAL`]:
+/// Proposes `write`'s actions in chunks bounded by [`proposal_len`]:
 /// [`propose_streamed`] with a single step.
 pub(crate) async fn propose_chunked(
     m: &Manager,
@@ -165,7 +165,7 @@ pub(crate) async fn propose_chunked(
 
 /// Writes `steps` with `write`, all in one transaction (so each step's
 /// checks see the earlier steps' writes), and proposes the actions in
-/// chunks of about [`MAX_ACTIONS_PER_PROPOSAL`] as they are prepared: the
+/// chunks bounded by [`proposal_len`] as they are prepared: the
 /// first chunk is in Raft while the next is being prepared, several at once
 /// ([`Proposer::propose_pipelined`](crate::manager::Proposer::propose_pipelined)).
 /// Preparing a pass of 100,000 writes before proposing any left the other
@@ -236,7 +236,7 @@ where
     S: Iterator<Item = I>,
     W: FnMut(&mut WriteTx, I) -> Result<(), StoreError>,
 {
-    /// The next chunk of at most [`MAX_ACTIONS_PER_PROPOSAL`] actions,
+    /// The next chunk ([`proposal_len`] actions),
     /// filled up by writing more steps first. `None` when every step is
     /// written and handed out, or once a step failed: what was prepared
     /// but not yet handed out is dropped with it.
