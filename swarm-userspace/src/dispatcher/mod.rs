@@ -125,6 +125,14 @@ pub const LEADER_ADDR_KEY: &str = "swarm-leader-addr";
 
 struct Session {
     id: String,
+    /// The session is being opened: its node cannot heartbeat before it
+    /// has the session's ID, which goes out once the node's READY is
+    /// written. That write can take longer than the grace on a busy
+    /// leader (7 s against 3 s after an election during a 100,000-task
+    /// placement); judged by `last_seen` meanwhile, such sessions were
+    /// ended before their first beat, hundreds of nodes opened new ones
+    /// every 7 s, and none ever stayed. See [`Opening`].
+    opening: bool,
     last_seen: Instant,
     /// Silence allowed after `last_seen`: the grace of the period this node
     /// was last given.
@@ -140,9 +148,61 @@ impl Drop for Session {
     }
 }
 
+fn publish_sessions(n: usize) {
+    crate::metrics::metrics()
+        .dispatcher_sessions
+        .set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
 impl Session {
     fn alive(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.last_seen) <= self.grace
+        self.opening || now.saturating_duration_since(self.last_seen) <= self.grace
+    }
+}
+
+/// A session being opened: dropped before [`Opening::opened`] (the node's
+/// write failed, the call was abandoned), it removes the session, which
+/// would otherwise never be judged dead.
+struct Opening {
+    sessions: Arc<Mutex<HashMap<String, Session>>>,
+    node_id: String,
+    session_id: String,
+    done: bool,
+}
+
+impl Opening {
+    /// The session is open: its grace counts from now. `false` if it was
+    /// replaced or dropped meanwhile.
+    fn opened(mut self) -> bool {
+        self.done = true;
+        let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        match sessions.get_mut(&self.node_id) {
+            Some(s) if s.id == self.session_id => {
+                s.opening = false;
+                s.last_seen = Instant::now();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Opening {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let open = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            if sessions
+                .get(&self.node_id)
+                .is_some_and(|s| s.id == self.session_id)
+            {
+                sessions.remove(&self.node_id);
+            }
+            sessions.len()
+        };
+        publish_sessions(open);
     }
 }
 
@@ -286,12 +346,6 @@ impl Dispatcher {
         ca::peer_identity(req)
             .cloned()
             .ok_or_else(|| Status::unauthenticated("sessions need a node certificate"))
-    }
-
-    fn publish_sessions(&self, n: usize) {
-        crate::metrics::metrics()
-            .dispatcher_sessions
-            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// The period to give the next node that asks, for the sessions open now.
@@ -582,7 +636,7 @@ impl Dispatcher {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .clear();
-                self.publish_sessions(0);
+                publish_sessions(0);
                 continue;
             }
             let since = *self
@@ -680,7 +734,7 @@ impl Dispatcher {
                 updates.extend(changed);
             }
             if sessions.len() != open_before {
-                self.publish_sessions(sessions.len());
+                publish_sessions(sessions.len());
             }
         }
         if updates.is_empty() {
@@ -740,6 +794,7 @@ impl dispatcher_server::Dispatcher for Dispatcher {
                 who.node_id.clone(),
                 Session {
                     id: session_id.clone(),
+                    opening: true,
                     last_seen: Instant::now(),
                     grace: grace(period),
                     ended: stop.clone(),
@@ -747,7 +802,13 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             );
             sessions.len()
         };
-        self.publish_sessions(open);
+        publish_sessions(open);
+        let opening = Opening {
+            sessions: Arc::clone(&self.sessions),
+            node_id: who.node_id.clone(),
+            session_id: session_id.clone(),
+            done: false,
+        };
         self.set_node_state(
             &who.node_id,
             pb::NodeState::Ready,
@@ -756,6 +817,12 @@ impl dispatcher_server::Dispatcher for Dispatcher {
             remote,
         )
         .await?;
+        if !opening.opened() {
+            return Err(Status::aborted(
+                "the session was replaced while it opened (the node opened another, or \
+                 the leader changed); open a new session",
+            ));
+        }
         tracing::info!(node_id = %who.node_id, %session_id, "session opened");
 
         let (tx, rx) = mpsc::channel(4);
@@ -1384,6 +1451,7 @@ mod tests {
         let p = Duration::from_secs(5);
         let s = Session {
             id: "s".into(),
+            opening: false,
             last_seen: Instant::now(),
             grace: grace(p),
             ended: token.clone(),
@@ -1396,5 +1464,59 @@ mod tests {
         assert!(!token.is_cancelled());
         drop(s);
         assert!(token.is_cancelled());
+    }
+
+    fn opening(sessions: &Arc<Mutex<HashMap<String, Session>>>, id: &str) -> Opening {
+        let mut map = sessions.lock().unwrap();
+        map.insert(
+            "n".into(),
+            Session {
+                id: id.into(),
+                opening: true,
+                last_seen: Instant::now(),
+                grace: grace(Duration::from_secs(1)),
+                ended: CancellationToken::new(),
+            },
+        );
+        Opening {
+            sessions: Arc::clone(sessions),
+            node_id: "n".into(),
+            session_id: id.into(),
+            done: false,
+        }
+    }
+
+    #[test]
+    fn a_session_lives_while_it_opens_and_its_grace_counts_from_then() {
+        let sessions = Arc::new(Mutex::new(HashMap::new()));
+        let o = opening(&sessions, "s1");
+        let t0 = Instant::now();
+        // However long the node's write takes, the check does not end it.
+        assert!(sessions.lock().unwrap()["n"].alive(t0 + Duration::from_secs(60)));
+        assert!(o.opened());
+        let map = sessions.lock().unwrap();
+        let s = &map["n"];
+        assert!(!s.opening);
+        assert!(s.last_seen >= t0);
+        assert!(!s.alive(s.last_seen + Duration::from_millis(3_001)));
+    }
+
+    #[test]
+    fn an_abandoned_or_replaced_opening_leaves_no_session_behind() {
+        let sessions = Arc::new(Mutex::new(HashMap::new()));
+        // Abandoned (its write failed or the call was dropped): removed.
+        drop(opening(&sessions, "s1"));
+        assert!(sessions.lock().unwrap().is_empty());
+        // Replaced by a newer session meanwhile: not open, and the newer
+        // one stays.
+        let old = opening(&sessions, "s1");
+        let newer = opening(&sessions, "s2");
+        drop(old);
+        assert_eq!(sessions.lock().unwrap()["n"].id, "s2");
+        let old = opening(&sessions, "s3");
+        // s3 replaced s2, whose opening now fails and leaves s3 alone.
+        assert!(!newer.opened());
+        assert_eq!(sessions.lock().unwrap()["n"].id, "s3");
+        assert!(old.opened());
     }
 }
