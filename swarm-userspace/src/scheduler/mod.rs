@@ -39,7 +39,6 @@ pub use constraint::{
 };
 pub use failures::{FAILURE_WINDOW, FailureHistory, MAX_RECENT_FAILURES};
 pub use filter::{Explanation, Failure, Needs};
-use nodeset::state_of;
 pub use nodeset::{Available, NodeInfo, NodeSet};
 use spread::{NodeKey, NodeView, Spread, Tree};
 
@@ -129,9 +128,7 @@ impl Step<'_> {
     pub fn write(self, tx: &mut WriteTx, now: SystemTime) -> Result<(), StoreError> {
         match self {
             Step::Assign(a) => {
-                if let Some(t) = tx.get::<pb::Task>(&a.task_id).filter(|t| is_schedulable(t)) {
-                    tx.update(assigned_task(&t, &a.node_id, now))?;
-                }
+                tx.assign(&a.task_id, &a.node_id, assigned_status(now))?;
             }
             Step::Unplaced(u) => {
                 if let Some(t) = tx.get::<pb::Task>(&u.task_id).filter(|t| is_schedulable(t))
@@ -145,14 +142,12 @@ impl Step<'_> {
     }
 }
 
-/// Whether the scheduler acts on `task`: PENDING, and still wanted (desired
-/// state at most COMPLETE: READY for delayed starts, RUNNING, or COMPLETE
-/// for jobs). Tasks with a node already (global services) are checked
-/// against that node only.
+/// Whether the scheduler acts on `task`: the store's rule for an
+/// assignment ([`awaits_node`](crate::store::awaits_node)). Tasks with a
+/// node already (global services) are checked against that node only.
 #[must_use]
 pub fn is_schedulable(task: &pb::Task) -> bool {
-    state_of(task) == pb::TaskState::Pending as i32
-        && task.desired_state <= pb::TaskState::Complete as i32
+    crate::store::awaits_node(task)
 }
 
 /// Every task in the view the scheduler should look at.
@@ -163,18 +158,15 @@ pub fn pending_tasks(view: &ReadTx) -> Vec<Arc<pb::Task>> {
         .collect()
 }
 
-/// `task` placed on `node_id`: status ASSIGNED at `now`.
+/// The status of a task the scheduler placed: ASSIGNED at `now`.
 #[must_use]
-pub fn assigned_task(task: &pb::Task, node_id: &str, now: SystemTime) -> pb::Task {
-    let mut t = task.clone();
-    t.node_id = node_id.to_owned();
-    t.status = Some(pb::TaskStatus {
+pub fn assigned_status(now: SystemTime) -> pb::TaskStatus {
+    pb::TaskStatus {
         timestamp: Some(now.into()),
         state: pb::TaskState::Assigned.into(),
         message: ASSIGNED_MESSAGE.to_owned(),
         ..Default::default()
-    });
-    t
+    }
 }
 
 /// `task` with `reason` recorded in its status error, or `None` if it

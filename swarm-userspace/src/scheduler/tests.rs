@@ -581,9 +581,10 @@ fn place_updates_the_set() {
 #[test]
 fn task_helpers() {
     let t = task("t", "web");
-    let a = assigned_task(&t, "n1", now());
-    assert_eq!(a.node_id, "n1");
-    let st = a.status.clone().unwrap();
+    let st = assigned_status(now());
+    let mut a = t.clone();
+    a.node_id = "n1".into();
+    a.status = Some(st.clone());
     assert_eq!(st.state, pb::TaskState::Assigned as i32);
     assert_eq!(st.message, ASSIGNED_MESSAGE);
     assert_eq!(st.timestamp, Some(now().into()));
@@ -650,6 +651,11 @@ fn decisions_write_skips_tasks_that_changed_meanwhile() {
 
     let actions = store.prepare(|tx| d.write(tx, now())).unwrap();
     assert_eq!(actions.len(), 2);
+    // p1's placement travels as an assignment, p3's reason as its task.
+    assert!(matches!(
+        actions[0].target,
+        Some(pb::store_action::Target::TaskAssignment(_))
+    ));
     store.apply(3, new_batch(actions)).unwrap();
     let view = store.view();
     let p1 = view.get::<pb::Task>("p1").unwrap();

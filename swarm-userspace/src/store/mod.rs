@@ -50,6 +50,7 @@ pub use read::ReadTx;
 pub use tx::WriteTx;
 pub use watch::{Event, EventKind, ResyncReason, WatchItem, WatchStream};
 
+pub use tables::awaits_node;
 use tables::{Stamp, Tables};
 use watch::Notice;
 

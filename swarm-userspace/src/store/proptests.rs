@@ -178,7 +178,9 @@ fn meta_mut(target: &mut Target) -> &mut pb::Meta {
         Target::Cluster(o) => o.meta_mut(),
         Target::Network(o) => o.meta_mut(),
         Target::Config(o) => o.meta_mut(),
-        Target::TaskStatus(_) => unreachable!("the generators make no status reports"),
+        Target::TaskStatus(_) | Target::TaskAssignment(_) => {
+            unreachable!("the generators make no status reports or assignments")
+        }
     }
 }
 

@@ -157,6 +157,15 @@ fn task_state(task: &pb::Task) -> i32 {
     task.status.as_ref().map_or(0, |s| s.state)
 }
 
+/// Whether `task` waits for the scheduler: PENDING, and still wanted
+/// (desired state at most COMPLETE: READY for delayed starts, RUNNING, or
+/// COMPLETE for jobs). The rule a [`pb::TaskAssignment`] applies by.
+#[must_use]
+pub fn awaits_node(task: &pb::Task) -> bool {
+    task_state(task) == pb::TaskState::Pending as i32
+        && task.desired_state <= pb::TaskState::Complete as i32
+}
+
 fn count_task_state(t: &mut Tables, state: i32, add: bool) {
     let n = t.task_states.get(&state).copied().unwrap_or(0);
     let n = if add { n + 1 } else { n.saturating_sub(1) };
@@ -431,7 +440,7 @@ impl Tables {
     }
 
     /// Applies one replicated action: its event, or `None` for a status
-    /// report that changes nothing.
+    /// report or an assignment that changes nothing.
     pub(super) fn apply_action(
         &mut self,
         action: pb::StoreAction,
@@ -466,6 +475,18 @@ impl Tables {
                 }
                 self.report_status(*r, stamp)
             }
+            Target::TaskAssignment(a) => {
+                if kind != pb::StoreActionKind::Update {
+                    return Err(StoreError::InvalidAction {
+                        reason: format!(
+                            "assignment of task {} has kind {}; only UPDATE is allowed",
+                            a.task_id,
+                            kind.as_str_name()
+                        ),
+                    });
+                }
+                self.assign_task(a, stamp)
+            }
         }
     }
 
@@ -491,22 +512,60 @@ impl Tables {
         }
         let mut task = pb::Task::clone(&old);
         task.status = Some(status);
+        Ok(Some(self.rewrite_task(old, task, stamp)))
+    }
+
+    /// The scheduler's placement (see `pb::TaskAssignment`): the task moves
+    /// to the node with the status if it still [`awaits_node`] and has no
+    /// other node; otherwise nothing changes (`None`). No version check,
+    /// as for a status report.
+    fn assign_task(
+        &mut self,
+        a: pb::TaskAssignment,
+        stamp: &mut Stamp,
+    ) -> Result<Option<Event>, StoreError> {
+        let Some(status) = a.status else {
+            return Err(StoreError::InvalidAction {
+                reason: format!("assignment of task {} has no status", a.task_id),
+            });
+        };
+        if a.node_id.is_empty() {
+            return Err(StoreError::InvalidAction {
+                reason: format!("assignment of task {} names no node", a.task_id),
+            });
+        }
+        let Some(old) = self.tasks.get(&a.task_id).cloned() else {
+            return Ok(None);
+        };
+        if !awaits_node(&old) || !(old.node_id.is_empty() || old.node_id == a.node_id) {
+            return Ok(None);
+        }
+        let mut task = pb::Task::clone(&old);
+        task.node_id = a.node_id;
+        task.status = Some(status);
+        Ok(Some(self.rewrite_task(old, task, stamp)))
+    }
+
+    /// Replaces `old` with `task`, a change written without a version
+    /// (status reports, assignments), stamping it as [`update`](Self::update)
+    /// would.
+    fn rewrite_task(&mut self, old: Arc<pb::Task>, mut task: pb::Task, stamp: &mut Stamp) -> Event {
         if let Stamp::Commit { index, at, seen } = stamp {
             let meta = task.meta.get_or_insert_with(Default::default);
             meta.version = *index;
             meta.updated_at = Some(*at);
             // A later update in this batch carries the version from before it.
-            seen.entry((ObjectKind::Task, Key::from(report.task_id.as_str())))
+            seen.entry((ObjectKind::Task, Key::from(task.id())))
                 .or_insert(old.version());
         }
         let task = Arc::new(task);
-        self.replace(&report.task_id, &*old, Arc::clone(&task));
-        Ok(Some(Event {
+        self.replace(task.id(), &*old, Arc::clone(&task));
+        Event {
             kind: EventKind::Updated,
             version: stamp.version(),
             object: pb::Task::into_object(task),
             old: Some(pb::Task::into_object(old)),
-        }))
+        }
     }
 
     fn dispatch<T: StoreObject>(

@@ -321,6 +321,134 @@ fn a_report_is_an_update_only_and_must_carry_a_status() {
     assert_eq!(store.version(), 1);
 }
 
+fn pending(id: &str, node_id: &str) -> pb::StoreAction {
+    let mut t = task(id, "s", 1, node_id);
+    t.status = Some(state(pb::TaskState::Pending));
+    create(t)
+}
+
+fn assigned() -> pb::TaskStatus {
+    state(pb::TaskState::Assigned)
+}
+
+#[test]
+fn an_assignment_places_a_pending_task_in_a_small_action() {
+    let store = store_with(vec![pending("t1", "")]);
+    let actions = store
+        .prepare(|tx| {
+            assert!(tx.assign("t1", "n1", assigned())?);
+            // The transaction reads its own write: placed, not pending.
+            assert!(!awaits_node(&tx.get::<pb::Task>("t1").unwrap()));
+            Ok::<_, StoreError>(())
+        })
+        .unwrap();
+    assert_eq!(actions.len(), 1);
+    let Some(pb::store_action::Target::TaskAssignment(a)) = &actions[0].target else {
+        panic!("not an assignment: {:?}", actions[0]);
+    };
+    assert_eq!((a.task_id.as_str(), a.node_id.as_str()), ("t1", "n1"));
+    let events = store.apply(2, batch(200, actions)).unwrap();
+    let t = store.view().get::<pb::Task>("t1").unwrap();
+    assert_eq!(t.node_id, "n1");
+    assert_eq!(t.status, Some(assigned()));
+    let meta = t.meta.as_ref().unwrap();
+    assert_eq!(meta.version, 2);
+    assert_eq!(meta.created_at, Some(ts(100)));
+    assert_eq!(meta.updated_at, Some(ts(200)));
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].object, Object::Task(Arc::clone(&t)));
+    // The node's task index follows.
+    assert_eq!(store.view().tasks_by_node("n1"), vec![t]);
+    let counts: Vec<(i32, usize)> = store.view().task_state_counts().collect();
+    assert_eq!(counts, [(pb::TaskState::Assigned as i32, 1)]);
+}
+
+#[test]
+fn an_assignment_of_a_task_that_no_longer_waits_changes_nothing() {
+    use pb::TaskState as S;
+    let mut unwanted = task("unwanted", "s", 2, "");
+    unwanted.status = Some(state(S::Pending));
+    unwanted.desired_state = S::Shutdown.into();
+    let store = store_with(vec![
+        pending("t1", ""),
+        pending("global", "n2"),
+        create(unwanted),
+        pending("placed", ""),
+    ]);
+    let actions = store
+        .prepare(|tx| tx.assign("placed", "n1", assigned()).map(|_| ()))
+        .unwrap();
+    store.apply(2, batch(200, actions.clone())).unwrap();
+    // Proposed against a view that no longer holds: nothing is recorded.
+    let again = store
+        .prepare(|tx| tx.assign("placed", "n3", assigned()).map(|_| ()))
+        .unwrap();
+    assert!(again.is_empty());
+    let to = |id: &str, node: &str| {
+        let mut a = actions[0].clone();
+        if let Some(pb::store_action::Target::TaskAssignment(x)) = &mut a.target {
+            x.task_id = id.into();
+            x.node_id = node.into();
+        }
+        a
+    };
+    let events = store
+        .apply(
+            3,
+            batch(
+                300,
+                vec![
+                    // Already placed: dropped.
+                    to("placed", "n3"),
+                    // A global task stays on its node: dropped.
+                    to("global", "n1"),
+                    // No longer wanted: dropped.
+                    to("unwanted", "n1"),
+                    // Gone: dropped.
+                    to("gone", "n1"),
+                    // Applies, and so does its own node for a global task.
+                    to("t1", "n1"),
+                    to("global", "n2"),
+                ],
+            ),
+        )
+        .unwrap();
+    assert_eq!(events.len(), 2);
+    let view = store.view();
+    let placed = view.get::<pb::Task>("placed").unwrap();
+    assert_eq!((placed.node_id.as_str(), placed.version()), ("n1", 2));
+    assert_eq!(view.get::<pb::Task>("t1").unwrap().node_id, "n1");
+    assert_eq!(state_of(&store, "global"), (S::Assigned as i32, 3));
+    assert_eq!(state_of(&store, "unwanted"), (S::Pending as i32, 1));
+}
+
+#[test]
+fn an_assignment_is_an_update_only_and_names_a_node_and_a_status() {
+    let store = store_with(vec![pending("t1", "")]);
+    let good = store
+        .prepare(|tx| tx.assign("t1", "n1", assigned()).map(|_| ()))
+        .unwrap()
+        .remove(0);
+    let edit = |f: &dyn Fn(&mut pb::StoreAction, &mut pb::TaskAssignment)| {
+        let mut a = good.clone();
+        let mut target = a.target.take();
+        if let Some(pb::store_action::Target::TaskAssignment(x)) = &mut target {
+            f(&mut a, x);
+        }
+        a.target = target;
+        a
+    };
+    for bad in [
+        edit(&|a, _| a.kind = pb::StoreActionKind::Create.into()),
+        edit(&|_, x| x.status = None),
+        edit(&|_, x| x.node_id.clear()),
+    ] {
+        let err = store.apply(2, batch(200, vec![bad])).unwrap_err();
+        assert!(matches!(err, StoreError::InvalidAction { .. }), "{err}");
+    }
+    assert_eq!(store.version(), 1);
+}
+
 #[test]
 fn an_update_after_a_report_in_one_batch_carries_the_version_before_it() {
     use pb::TaskState as S;
@@ -827,6 +955,7 @@ fn target_id(t: &pb::store_action::Target) -> String {
         Target::Secret(o) => o.id().to_owned(),
         Target::Config(o) => o.id().to_owned(),
         Target::TaskStatus(r) => r.task_id.clone(),
+        Target::TaskAssignment(a) => a.task_id.clone(),
     }
 }
 

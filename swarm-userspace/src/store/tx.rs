@@ -76,6 +76,35 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Places the task on `node_id` with `status`, written as a
+    /// [`pb::TaskAssignment`] (a fraction of the task's size) if the task
+    /// still [`awaits_node`](super::awaits_node) there. Whether it did;
+    /// nothing is recorded if not.
+    pub fn assign(
+        &mut self,
+        task_id: &str,
+        node_id: &str,
+        status: pb::TaskStatus,
+    ) -> Result<bool, StoreError> {
+        let action = pb::StoreAction {
+            kind: Kind::Update.into(),
+            target: Some(pb::store_action::Target::TaskAssignment(
+                pb::TaskAssignment {
+                    task_id: task_id.to_owned(),
+                    node_id: node_id.to_owned(),
+                    status: Some(status),
+                },
+            )),
+        };
+        let written = Arc::make_mut(&mut self.view.tables)
+            .apply_action(action.clone(), &mut Stamp::Propose)?
+            .is_some();
+        if written {
+            self.actions.push(action);
+        }
+        Ok(written)
+    }
+
     fn record<T: StoreObject>(&mut self, kind: Kind, obj: T) {
         self.actions.push(pb::StoreAction {
             kind: kind.into(),
