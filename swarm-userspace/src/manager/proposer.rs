@@ -126,9 +126,11 @@ impl Proposer {
     pub fn is_leader(&self) -> bool {
         // Borrowed, not cloned: every dispatcher call asks, and the metrics
         // carry the whole membership.
+        // The state too: once Raft is shut down (a demotion, the daemon
+        // stopping) its metrics keep naming this manager the leader.
         let rx = self.raft.metrics();
         let m = rx.borrow();
-        m.current_leader == Some(m.id)
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(m.id)
     }
 
     /// Proposes `actions` as one batch and waits until it is applied here.

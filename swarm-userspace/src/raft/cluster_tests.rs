@@ -228,3 +228,24 @@ async fn three_nodes_replicate_fail_over_and_recover_from_disk() {
         n.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_no_longer_says_it_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = free_addr();
+    let node = start_node(7, dir.path(), addr).await;
+    let members: BTreeMap<RaftId, BasicNode> = [(7, BasicNode::new(addr.to_string()))].into();
+    node.raft.initialize(members).await.unwrap();
+    assert_eq!(leader_of(&[&node]).await, 7);
+    let proposer = crate::manager::Proposer::new(
+        node.raft.clone(),
+        network::Contacts::default(),
+        Duration::from_secs(1),
+    );
+    assert!(proposer.is_leader());
+    // Raft's metrics still name this node the leader after shutdown.
+    let raft = node.raft.clone();
+    node.shutdown().await;
+    assert_eq!(raft.metrics().borrow().current_leader, Some(7));
+    assert!(!proposer.is_leader());
+}
