@@ -464,30 +464,46 @@ impl Tables {
             Target::Secret(o) => self.dispatch(kind, *o, stamp).map(Some),
             Target::Config(o) => self.dispatch(kind, *o, stamp).map(Some),
             Target::TaskStatus(r) => {
-                if kind != pb::StoreActionKind::Update {
+                let what = || format!("status report for task {}", r.task_id);
+                Self::update_only(kind, what)?;
+                let Some(status) = r.status else {
                     return Err(StoreError::InvalidAction {
-                        reason: format!(
-                            "status report for task {} has kind {}; only UPDATE is allowed",
-                            r.task_id,
-                            kind.as_str_name()
-                        ),
+                        reason: format!("{} has no status", what()),
                     });
-                }
-                self.report_status(*r, stamp)
+                };
+                Ok(self.report_status(&r.task_id, &r.node_id, status, stamp))
             }
             Target::TaskAssignment(a) => {
-                if kind != pb::StoreActionKind::Update {
+                let what = || format!("assignment of task {}", a.task_id);
+                Self::update_only(kind, what)?;
+                let Some(status) = a.status else {
                     return Err(StoreError::InvalidAction {
-                        reason: format!(
-                            "assignment of task {} has kind {}; only UPDATE is allowed",
-                            a.task_id,
-                            kind.as_str_name()
-                        ),
+                        reason: format!("{} has no status", what()),
+                    });
+                };
+                if a.node_id.is_empty() {
+                    return Err(StoreError::InvalidAction {
+                        reason: format!("{} names no node", what()),
                     });
                 }
-                self.assign_task(a, stamp)
+                Ok(self.assign_task(&a.task_id, a.node_id, status, stamp))
             }
         }
+    }
+
+    /// Status reports and assignments are written without the task: they
+    /// can only update it.
+    fn update_only(kind: pb::StoreActionKind, what: impl Fn() -> String) -> Result<(), StoreError> {
+        if kind == pb::StoreActionKind::Update {
+            return Ok(());
+        }
+        Err(StoreError::InvalidAction {
+            reason: format!(
+                "{} has kind {}; only UPDATE is allowed",
+                what(),
+                kind.as_str_name()
+            ),
+        })
     }
 
     /// A node's status report (see `pb::TaskStatusReport`): the task takes
@@ -496,23 +512,18 @@ impl Tables {
     /// version check: the report was written without reading the task.
     fn report_status(
         &mut self,
-        report: pb::TaskStatusReport,
+        task_id: &str,
+        node_id: &str,
+        status: pb::TaskStatus,
         stamp: &mut Stamp,
-    ) -> Result<Option<Event>, StoreError> {
-        let Some(status) = report.status else {
-            return Err(StoreError::InvalidAction {
-                reason: format!("status report for task {} has no status", report.task_id),
-            });
-        };
-        let Some(old) = self.tasks.get(&report.task_id).cloned() else {
-            return Ok(None);
-        };
-        if old.node_id != report.node_id || status.state < task_state(&old) {
-            return Ok(None);
+    ) -> Option<Event> {
+        let old = self.tasks.get(task_id).cloned()?;
+        if old.node_id != node_id || status.state < task_state(&old) {
+            return None;
         }
         let mut task = pb::Task::clone(&old);
         task.status = Some(status);
-        Ok(Some(self.rewrite_task(old, task, stamp)))
+        Some(self.rewrite_task(old, task, stamp))
     }
 
     /// The scheduler's placement (see `pb::TaskAssignment`): the task moves
@@ -521,29 +532,19 @@ impl Tables {
     /// as for a status report.
     fn assign_task(
         &mut self,
-        a: pb::TaskAssignment,
+        task_id: &str,
+        node_id: String,
+        status: pb::TaskStatus,
         stamp: &mut Stamp,
-    ) -> Result<Option<Event>, StoreError> {
-        let Some(status) = a.status else {
-            return Err(StoreError::InvalidAction {
-                reason: format!("assignment of task {} has no status", a.task_id),
-            });
-        };
-        if a.node_id.is_empty() {
-            return Err(StoreError::InvalidAction {
-                reason: format!("assignment of task {} names no node", a.task_id),
-            });
-        }
-        let Some(old) = self.tasks.get(&a.task_id).cloned() else {
-            return Ok(None);
-        };
-        if !awaits_node(&old) || !(old.node_id.is_empty() || old.node_id == a.node_id) {
-            return Ok(None);
+    ) -> Option<Event> {
+        let old = self.tasks.get(task_id).cloned()?;
+        if !awaits_node(&old) || !(old.node_id.is_empty() || old.node_id == node_id) {
+            return None;
         }
         let mut task = pb::Task::clone(&old);
-        task.node_id = a.node_id;
+        task.node_id = node_id;
         task.status = Some(status);
-        Ok(Some(self.rewrite_task(old, task, stamp)))
+        Some(self.rewrite_task(old, task, stamp))
     }
 
     /// Replaces `old` with `task`, a change written without a version
