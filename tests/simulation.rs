@@ -65,7 +65,7 @@ fn hundreds_of_simulated_nodes_join_and_take_tasks() {
         },
     );
     // Every node keeps heartbeating (once a second, on its session's
-    // stream): over 3 s the leader counts at least two beats per node, and
+    // stream): over 4 s the leader counts at least two beats per node, and
     // no node is marked down (which 3 silent periods would do).
     let before = metric(n1, "swarm_dispatcher_heartbeats_total");
     std::thread::sleep(Duration::from_secs(4));

@@ -171,6 +171,25 @@ struct Opening {
 }
 
 impl Opening {
+    /// Puts `session` (opening) in place of any other session of
+    /// `node_id`. Returns how many sessions there are now.
+    fn begin(
+        sessions: &Arc<Mutex<HashMap<String, Session>>>,
+        node_id: &str,
+        mut session: Session,
+    ) -> (Opening, usize) {
+        session.opening = true;
+        let opening = Opening {
+            sessions: Arc::clone(sessions),
+            node_id: node_id.to_owned(),
+            session_id: session.id.clone(),
+            done: false,
+        };
+        let mut map = sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        map.insert(node_id.to_owned(), session);
+        (opening, map.len())
+    }
+
     /// The session is open: its grace counts from now. `false` if it was
     /// replaced or dropped meanwhile.
     fn opened(mut self) -> bool {
@@ -788,27 +807,18 @@ impl dispatcher_server::Dispatcher for Dispatcher {
         let session_id = new_id();
         let stop = CancellationToken::new();
         let period = self.period_now();
-        let open = {
-            let mut sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            sessions.insert(
-                who.node_id.clone(),
-                Session {
-                    id: session_id.clone(),
-                    opening: true,
-                    last_seen: Instant::now(),
-                    grace: grace(period),
-                    ended: stop.clone(),
-                },
-            );
-            sessions.len()
-        };
+        let (opening, open) = Opening::begin(
+            &self.sessions,
+            &who.node_id,
+            Session {
+                id: session_id.clone(),
+                opening: true,
+                last_seen: Instant::now(),
+                grace: grace(period),
+                ended: stop.clone(),
+            },
+        );
         publish_sessions(open);
-        let opening = Opening {
-            sessions: Arc::clone(&self.sessions),
-            node_id: who.node_id.clone(),
-            session_id: session_id.clone(),
-            done: false,
-        };
         self.set_node_state(
             &who.node_id,
             pb::NodeState::Ready,
@@ -1467,23 +1477,14 @@ mod tests {
     }
 
     fn opening(sessions: &Arc<Mutex<HashMap<String, Session>>>, id: &str) -> Opening {
-        let mut map = sessions.lock().unwrap();
-        map.insert(
-            "n".into(),
-            Session {
-                id: id.into(),
-                opening: true,
-                last_seen: Instant::now(),
-                grace: grace(Duration::from_secs(1)),
-                ended: CancellationToken::new(),
-            },
-        );
-        Opening {
-            sessions: Arc::clone(sessions),
-            node_id: "n".into(),
-            session_id: id.into(),
-            done: false,
-        }
+        let session = Session {
+            id: id.into(),
+            opening: true,
+            last_seen: Instant::now(),
+            grace: grace(Duration::from_secs(1)),
+            ended: CancellationToken::new(),
+        };
+        Opening::begin(sessions, "n", session).0
     }
 
     #[test]

@@ -279,6 +279,22 @@ pub fn status_report(task_id: &str, node_id: &str, status: pb::TaskStatus) -> pb
     }
 }
 
+/// The action that places a task on a node (see `pb::TaskAssignment`);
+/// the leader writes it through [`WriteTx::assign`].
+#[must_use]
+pub fn assignment(task_id: &str, node_id: &str, status: pb::TaskStatus) -> pb::StoreAction {
+    pb::StoreAction {
+        kind: pb::StoreActionKind::Update.into(),
+        target: Some(pb::store_action::Target::TaskAssignment(
+            pb::TaskAssignment {
+                task_id: task_id.to_owned(),
+                node_id: node_id.to_owned(),
+                status: Some(status),
+            },
+        )),
+    }
+}
+
 /// A batch of `actions` stamped with this manager's clock: for the leader,
 /// just before it proposes.
 #[must_use]

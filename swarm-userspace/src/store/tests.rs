@@ -378,20 +378,13 @@ fn an_assignment_of_a_task_that_no_longer_waits_changes_nothing() {
     let actions = store
         .prepare(|tx| tx.assign("placed", "n1", assigned()).map(|_| ()))
         .unwrap();
-    store.apply(2, batch(200, actions.clone())).unwrap();
+    store.apply(2, batch(200, actions)).unwrap();
     // Proposed against a view that no longer holds: nothing is recorded.
     let again = store
         .prepare(|tx| tx.assign("placed", "n3", assigned()).map(|_| ()))
         .unwrap();
     assert!(again.is_empty());
-    let to = |id: &str, node: &str| {
-        let mut a = actions[0].clone();
-        if let Some(pb::store_action::Target::TaskAssignment(x)) = &mut a.target {
-            x.task_id = id.into();
-            x.node_id = node.into();
-        }
-        a
-    };
+    let to = |id: &str, node: &str| assignment(id, node, assigned());
     let events = store
         .apply(
             3,
@@ -425,24 +418,13 @@ fn an_assignment_of_a_task_that_no_longer_waits_changes_nothing() {
 #[test]
 fn an_assignment_is_an_update_only_and_names_a_node_and_a_status() {
     let store = store_with(vec![pending("t1", "")]);
-    let good = store
-        .prepare(|tx| tx.assign("t1", "n1", assigned()).map(|_| ()))
-        .unwrap()
-        .remove(0);
-    let edit = |f: &dyn Fn(&mut pb::StoreAction, &mut pb::TaskAssignment)| {
-        let mut a = good.clone();
-        let mut target = a.target.take();
-        if let Some(pb::store_action::Target::TaskAssignment(x)) = &mut target {
-            f(&mut a, x);
-        }
-        a.target = target;
-        a
-    };
-    for bad in [
-        edit(&|a, _| a.kind = pb::StoreActionKind::Create.into()),
-        edit(&|_, x| x.status = None),
-        edit(&|_, x| x.node_id.clear()),
-    ] {
+    let mut create_kind = assignment("t1", "n1", assigned());
+    create_kind.kind = pb::StoreActionKind::Create.into();
+    let mut no_status = assignment("t1", "n1", assigned());
+    if let Some(pb::store_action::Target::TaskAssignment(a)) = &mut no_status.target {
+        a.status = None;
+    }
+    for bad in [create_kind, no_status, assignment("t1", "", assigned())] {
         let err = store.apply(2, batch(200, vec![bad])).unwrap_err();
         assert!(matches!(err, StoreError::InvalidAction { .. }), "{err}");
     }

@@ -86,16 +86,7 @@ impl WriteTx {
         node_id: &str,
         status: pb::TaskStatus,
     ) -> Result<bool, StoreError> {
-        let action = pb::StoreAction {
-            kind: Kind::Update.into(),
-            target: Some(pb::store_action::Target::TaskAssignment(
-                pb::TaskAssignment {
-                    task_id: task_id.to_owned(),
-                    node_id: node_id.to_owned(),
-                    status: Some(status),
-                },
-            )),
-        };
+        let action = super::assignment(task_id, node_id, status);
         let written = Arc::make_mut(&mut self.view.tables)
             .apply_action(action.clone(), &mut Stamp::Propose)?
             .is_some();
