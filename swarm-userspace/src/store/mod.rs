@@ -24,6 +24,7 @@
 pub mod defaults;
 mod error;
 mod id;
+mod key;
 mod object;
 mod read;
 mod tables;

@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use swarm_proto::v1 as pb;
 
+use super::key::Key;
 use super::object::{ObjectKind, StoreObject, name_key};
-use super::tables::{Key, Tables};
+use super::tables::Tables;
 
 /// A consistent, immutable view of the whole store at one version.
 ///
@@ -102,8 +103,8 @@ impl ReadTx {
         self.tables
             .tasks_by_slot
             .range((Key::from(service_id), 0, Key::from(""))..)
-            .take_while(|(s, _, _)| &**s == service_id)
-            .filter_map(|(_, _, id)| self.tables.tasks.get(id).cloned())
+            .take_while(|(s, _, _)| s.as_str() == service_id)
+            .filter_map(|(_, _, id)| self.tables.tasks.get_key(id).cloned())
             .collect()
     }
 
@@ -116,8 +117,8 @@ impl ReadTx {
         self.tables
             .tasks_by_node
             .range((Key::from(node_id), Key::from(""))..)
-            .take_while(|(n, _)| &**n == node_id)
-            .filter_map(|(_, id)| self.tables.tasks.get(id).cloned())
+            .take_while(|(n, _)| n.as_str() == node_id)
+            .filter_map(|(_, id)| self.tables.tasks.get_key(id).cloned())
             .collect()
     }
 
@@ -128,8 +129,8 @@ impl ReadTx {
         self.tables
             .tasks_by_slot
             .range((Key::from(service_id), slot, Key::from(""))..)
-            .take_while(|(s, n, _)| &**s == service_id && *n == slot)
-            .filter_map(|(_, _, id)| self.tables.tasks.get(id).cloned())
+            .take_while(|(s, n, _)| s.as_str() == service_id && *n == slot)
+            .filter_map(|(_, _, id)| self.tables.tasks.get_key(id).cloned())
             .collect()
     }
 

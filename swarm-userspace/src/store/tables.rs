@@ -19,12 +19,9 @@ use swarm_proto::v1 as pb;
 use swarm_proto::v1::store_action::Target;
 
 use super::error::StoreError;
+use super::key::Key;
 use super::object::{ObjectKind, StoreObject, name_key};
 use super::watch::{Event, EventKind};
-
-/// Keys are `Arc<str>`: a write copies the B-tree leaves on its path, and
-/// copying a leaf then costs a reference count per entry, not an allocation.
-pub(super) type Key = Arc<str>;
 
 /// One kind's objects by ID, and its name index.
 pub struct Table<T> {
@@ -58,6 +55,10 @@ impl<T> Table<T> {
     }
 
     pub(super) fn get(&self, id: &str) -> Option<&Arc<T>> {
+        self.by_id.get(&Key::from(id))
+    }
+
+    pub(super) fn get_key(&self, id: &Key) -> Option<&Arc<T>> {
         self.by_id.get(id)
     }
 
@@ -71,7 +72,7 @@ impl<T> Table<T> {
     ) -> impl Iterator<Item = &'a Arc<T>> {
         self.by_id
             .range(Key::from(prefix)..)
-            .take_while(move |(id, _)| id.starts_with(prefix))
+            .take_while(move |(id, _)| id.as_bytes().starts_with(prefix.as_bytes()))
             .map(|(_, o)| o)
     }
 
@@ -79,8 +80,8 @@ impl<T> Table<T> {
     pub(super) fn ids_named<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> {
         self.by_name
             .range((Key::from(key), Key::from(""))..)
-            .take_while(move |(k, _)| &**k == key)
-            .map(|(_, id)| &**id)
+            .take_while(move |(k, _)| k.as_str() == key)
+            .map(|(_, id)| id.as_str())
     }
 }
 
@@ -298,7 +299,7 @@ impl Tables {
         if let Some(name) = obj.name().filter(|n| !n.is_empty()) {
             T::table_mut(self)
                 .by_name
-                .insert((Key::from(name_key(name)), Arc::clone(&id)));
+                .insert((Key::from(name_key(name)), id.clone()));
         }
         T::index(self, &obj, true);
         T::table_mut(self).by_id.insert(id, obj);
@@ -320,7 +321,7 @@ impl Tables {
         }
         T::reindex(self, old, &obj);
         // In place: the key stays, no new one is allocated.
-        match T::table_mut(self).by_id.get_mut(id) {
+        match T::table_mut(self).by_id.get_mut(&Key::from(id)) {
             Some(slot) => *slot = obj,
             None => {
                 T::table_mut(self).by_id.insert(Key::from(id), obj);
@@ -343,7 +344,7 @@ impl Tables {
         stamp: &mut Stamp,
     ) -> Result<Event, StoreError> {
         let id = checked_id(&obj)?.to_owned();
-        if T::table(self).by_id.contains_key(id.as_str()) {
+        if T::table(self).by_id.contains_key(&Key::from(id.as_str())) {
             return Err(StoreError::AlreadyExists { kind: T::KIND, id });
         }
         self.check_name(&obj, &id)?;
@@ -421,7 +422,7 @@ impl Tables {
         id: &str,
         stamp: &mut Stamp,
     ) -> Result<Event, StoreError> {
-        let Some(old) = T::table_mut(self).by_id.remove(id) else {
+        let Some(old) = T::table_mut(self).by_id.remove(&Key::from(id)) else {
             return Err(StoreError::NotFound {
                 kind: T::KIND,
                 id: id.to_owned(),
@@ -589,7 +590,7 @@ impl Tables {
     /// what keeps the tables consistent: ID and name uniqueness.
     fn restore_one<T: StoreObject>(&mut self, obj: T) -> Result<(), StoreError> {
         let id = checked_id(&obj)?.to_owned();
-        if T::table(self).by_id.contains_key(id.as_str()) {
+        if T::table(self).by_id.contains_key(&Key::from(id.as_str())) {
             return Err(StoreError::AlreadyExists { kind: T::KIND, id });
         }
         self.check_name(&obj, &id)?;
