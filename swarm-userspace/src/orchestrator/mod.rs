@@ -130,14 +130,15 @@ pub enum Action {
 
 impl Action {
     /// Adds the action to a batch being prepared; [`Action::ReconcileAt`]
-    /// writes nothing.
-    pub fn write(&self, tx: &mut WriteTx) -> Result<(), StoreError> {
+    /// writes nothing. Takes the action: its object moves into the batch
+    /// (100,000 new tasks are 100,000 fewer copies).
+    pub fn write(self, tx: &mut WriteTx) -> Result<(), StoreError> {
         match self {
-            Action::CreateTask { task } => tx.create(pb::Task::clone(task)),
-            Action::UpdateTask { task } => tx.update(pb::Task::clone(task)),
-            Action::RemoveTask { id } => tx.remove::<pb::Task>(id),
-            Action::UpdateService { service } => tx.update(pb::Service::clone(service)),
-            Action::RemoveService { id } => tx.remove::<pb::Service>(id),
+            Action::CreateTask { task } => tx.create(*task),
+            Action::UpdateTask { task } => tx.update(*task),
+            Action::RemoveTask { id } => tx.remove::<pb::Task>(&id),
+            Action::UpdateService { service } => tx.update(*service),
+            Action::RemoveService { id } => tx.remove::<pb::Service>(&id),
             Action::ReconcileAt { .. } => Ok(()),
         }
     }

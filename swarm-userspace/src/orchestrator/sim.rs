@@ -218,7 +218,7 @@ impl Sim {
             check_actions(&view, &actions);
             let store_actions = self
                 .store
-                .prepare(|tx| actions.iter().try_for_each(|a| a.write(tx)))
+                .prepare(|tx| actions.iter().cloned().try_for_each(|a| a.write(tx)))
                 .unwrap();
             self.commit(store_actions);
             all.extend(actions);

@@ -254,7 +254,7 @@ impl OrchestratorLoop {
         {
             return Ok(0);
         }
-        let proposed = propose_streamed(&self.m, &actions, |tx, a| a.write(tx)).await?;
+        let proposed = propose_streamed(&self.m, actions, |tx, a| a.write(tx)).await?;
         term.seen.own.extend(&proposed.versions);
         tracing::debug!(
             services = ids.len(),
