@@ -25,6 +25,10 @@
 //! - [`scale`]: simulated nodes (`swarm simulate`) joining a 3-manager
 //!   swarm, the leader's heartbeat CPU, placement throughput, memory per
 //!   task; baselines are the idle leader and the in-process scheduler.
+//! - [`store`]: the store's write path for a placement (creates,
+//!   assignments, status reports) in this process, applied as every
+//!   manager applies it and prepared as the leader does; baseline is a
+//!   plain `BTreeMap` of tasks.
 //! - [`services`]: service create, scale, rolling update and removal with
 //!   real containers on 3 nodes; baseline is the fake executor.
 //!
@@ -44,3 +48,4 @@ pub mod scale;
 pub mod services;
 pub mod stats;
 pub mod stop;
+pub mod store;

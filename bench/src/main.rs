@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use swarm_bench::{
-    chart, containers, failover, mesh, overlay, raft, report::Report, scale, services, stop,
+    chart, containers, failover, mesh, overlay, raft, report::Report, scale, services, stop, store,
 };
 
 #[derive(Debug, Parser)]
@@ -110,6 +110,20 @@ enum Bench {
         #[arg(long)]
         window: Option<f64>,
     },
+    /// The store's write path for a placement (task creates, assignments,
+    /// status reports) in this process, as managers apply it and as the
+    /// leader prepares it; baseline a plain BTreeMap of tasks.
+    Store {
+        /// Tasks written (default 100000, --quick 20000).
+        #[arg(long)]
+        tasks: Option<usize>,
+        /// Nodes the tasks are assigned to (default 1000).
+        #[arg(long)]
+        nodes: Option<usize>,
+        /// Rounds, each candidate then baseline (default 5, --quick 1).
+        #[arg(long)]
+        rounds: Option<usize>,
+    },
 }
 
 fn default_out() -> anyhow::Result<PathBuf> {
@@ -163,6 +177,10 @@ fn main() -> anyhow::Result<()> {
                 &out,
             )?;
             finish(
+                &store::run(&store::StoreOpts::new(quick, None, None, None), quick)?,
+                &out,
+            )?;
+            finish(
                 &scale::run(&scale::ScaleOpts::new(quick, None, None, None), quick)?,
                 &out,
             )?;
@@ -208,6 +226,14 @@ fn main() -> anyhow::Result<()> {
             window,
         } => finish(
             &scale::run(&scale::ScaleOpts::new(quick, nodes, tasks, window), quick)?,
+            &out,
+        )?,
+        Bench::Store {
+            tasks,
+            nodes,
+            rounds,
+        } => finish(
+            &store::run(&store::StoreOpts::new(quick, tasks, nodes, rounds), quick)?,
             &out,
         )?,
         Bench::Failover {
