@@ -388,6 +388,10 @@ fn report(opts: &StoreOpts, s: &Samples, run: RunInfo) -> Report {
             "baseline: one insert or copy-and-replace per write, no batches, no indexes; \
              its trial rows repeat its apply rows"
                 .into(),
+            "one thread: the allocator behaves otherwise than in a daemon, where tasks are \
+             decoded, applied and freed on different threads (mimalloc and a boxed task \
+             spec were faster here and slower in `scale`); confirm a change with `scale`"
+                .into(),
         ],
         run,
         details: serde_json::to_value(s).unwrap_or_default(),
