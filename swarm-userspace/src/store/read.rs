@@ -103,7 +103,7 @@ impl ReadTx {
         self.tables
             .tasks_by_slot
             .range((Key::from(service_id), 0, Key::from(""))..)
-            .take_while(|(s, _, _)| s.as_str() == service_id)
+            .take_while(|(s, _, _)| s.as_bytes() == service_id.as_bytes())
             .filter_map(|(_, _, id)| self.tables.tasks.get_key(id).cloned())
             .collect()
     }
@@ -117,7 +117,7 @@ impl ReadTx {
         self.tables
             .tasks_by_node
             .range((Key::from(node_id), Key::from(""))..)
-            .take_while(|(n, _)| n.as_str() == node_id)
+            .take_while(|(n, _)| n.as_bytes() == node_id.as_bytes())
             .filter_map(|(_, id)| self.tables.tasks.get_key(id).cloned())
             .collect()
     }
@@ -129,7 +129,7 @@ impl ReadTx {
         self.tables
             .tasks_by_slot
             .range((Key::from(service_id), slot, Key::from(""))..)
-            .take_while(|(s, n, _)| s.as_str() == service_id && *n == slot)
+            .take_while(|(s, n, _)| s.as_bytes() == service_id.as_bytes() && *n == slot)
             .filter_map(|(_, _, id)| self.tables.tasks.get_key(id).cloned())
             .collect()
     }

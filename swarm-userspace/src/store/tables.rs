@@ -80,7 +80,7 @@ impl<T> Table<T> {
     pub(super) fn ids_named<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a str> {
         self.by_name
             .range((Key::from(key), Key::from(""))..)
-            .take_while(move |(k, _)| k.as_str() == key)
+            .take_while(move |(k, _)| k.as_bytes() == key.as_bytes())
             .map(|(_, id)| id.as_str())
     }
 }
