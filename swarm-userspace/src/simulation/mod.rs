@@ -191,34 +191,6 @@ pub async fn run(
         .await
         .map_err(connect_err)?;
 
-    let started = Instant::now();
-    let cfg = Arc::new(cfg);
-    let mut joins = JoinSet::new();
-    let mut joined = Vec::with_capacity(cfg.count);
-    let mut next = 0;
-    while joined.len() < cfg.count {
-        while next < cfg.count && joins.len() < cfg.join_concurrency.max(1) {
-            let (cfg, root, ch) = (cfg.clone(), root.clone(), ca_channel.clone());
-            let i = next;
-            joins.spawn(async move { (i, join_retrying(&cfg, i, &root, ch).await) });
-            next += 1;
-        }
-        match joins.join_next().await {
-            Some(Ok((_, Ok(j)))) => joined.push(j),
-            Some(Ok((index, Err(message)))) => {
-                return Err(SimulationError::Join { index, message });
-            }
-            Some(Err(e)) => {
-                return Err(SimulationError::Join {
-                    index: next,
-                    message: e.to_string(),
-                });
-            }
-            None => break,
-        }
-    }
-    on_joined(started.elapsed());
-
     // The nodes' workers (their task managers, the fake executor) run on a
     // runtime of their own. On one, a thousand nodes' share of a hundred
     // thousand new tasks queued the agents' heartbeats for seconds, and
@@ -234,22 +206,49 @@ pub async fn run(
     ));
     let mut workers = JoinSet::new();
     let mut agents = JoinSet::new();
-    for (i, j) in joined.into_iter().enumerate() {
-        let channels = match MtlsChannels::new(&root, &j.identity) {
-            Ok(c) => Arc::new(c),
-            Err(e) => {
+
+    let started = Instant::now();
+    let cfg = Arc::new(cfg);
+    let mut joins = JoinSet::new();
+    let mut next = 0;
+    let mut joined = 0;
+    while joined < cfg.count {
+        while next < cfg.count && joins.len() < cfg.join_concurrency.max(1) {
+            let (cfg, root, ch) = (cfg.clone(), root.clone(), ca_channel.clone());
+            let i = next;
+            joins.spawn(async move { (i, join_retrying(&cfg, i, &root, ch).await) });
+            next += 1;
+        }
+        let (index, j) = match joins.join_next().await {
+            Some(Ok((index, Ok(j)))) => (index, j),
+            Some(Ok((index, Err(message)))) => {
+                return Err(SimulationError::Join { index, message });
+            }
+            Some(Err(e)) => {
                 return Err(SimulationError::Join {
-                    index: i,
+                    index: next,
                     message: e.to_string(),
                 });
             }
+            None => break,
         };
+        joined += 1;
+        // A real node opens its session the moment its join returns. Holding
+        // every agent back until the last join would make all of them dial
+        // the leader in the same instant: a storm of handshakes no real
+        // swarm sees on a join, which timed connections out by the thousand
+        // at 10,000 nodes.
+        let channels =
+            MtlsChannels::new(&root, &j.identity).map_err(|e| SimulationError::Join {
+                index,
+                message: e.to_string(),
+            })?;
         let (worker, worker_loop) =
             Worker::new(Arc::new(FakeExecutor::new()), Arc::new(SimulatedImages));
         let agent = Agent::new(
             j.node_id,
-            description(&cfg, i),
-            channels,
+            description(&cfg, index),
+            Arc::new(channels),
             j.managers,
             worker,
             Arc::new(NoEvents),
@@ -280,6 +279,7 @@ pub async fn run(
             tasks_rt.handle(),
         );
     }
+    on_joined(started.elapsed());
     shutdown.cancelled().await;
     while agents.join_next().await.is_some() {}
     while workers.join_next().await.is_some() {}
