@@ -52,6 +52,9 @@ pub struct Agent {
     managers: Vec<String>,
     events: Arc<dyn AgentEvents>,
     worker: Worker,
+    /// The heartbeat period of the session in progress, once the leader
+    /// answered its first beat; taken when the session ends.
+    up: Option<Duration>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -89,6 +92,7 @@ impl Agent {
             managers,
             events,
             worker,
+            up: None,
         }
     }
 
@@ -151,6 +155,7 @@ impl Agent {
             Ok(period_ms) => beat.answered(period_ms),
             Err(end) => return end,
         }
+        self.up = Some(beat.period);
 
         // A new leader may have missed any earlier report.
         self.worker.statuses().resend_all();
@@ -176,6 +181,7 @@ impl Agent {
                         Ok(period_ms) => beat.answered(period_ms),
                         Err(end) => return end,
                     }
+                    self.up = Some(beat.period);
                 }
                 msg = stream.message() => match msg {
                     Ok(Some(m)) => self.apply_session_message(&m),
@@ -369,6 +375,58 @@ fn renewal_instant(cert: &NodeCert) -> tokio::time::Instant {
     tokio::time::Instant::now() + wait
 }
 
+/// The pause after the first failed session attempt; it doubles with each
+/// further failure, up to [`MAX_SESSION_BACKOFF`].
+const INITIAL_SESSION_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest pause between two failed session attempts.
+const MAX_SESSION_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The pause before reconnecting after a session that was up ended: a part
+/// `unit` (in [0, 1)) of its heartbeat period. When a leader dies, every
+/// node loses its session in the same instant; the leader sized the period
+/// it gave so that all its nodes' calls together stay within what it takes
+/// each second ([`crate::dispatcher::HEARTBEATS_PER_SECOND`]), so spreading
+/// the reconnects over one period brings them to the next leader at that
+/// rate. Dialing at once, 10,000 nodes' handshakes outran their connect
+/// timeouts, were retried and outran them again: the last sessions came
+/// back after 20 s, past the new leader's grace, which marked them down.
+/// A node is silent for at most one period more than a heartbeat would
+/// leave it, well within the three the new leader allows.
+fn reconnect_pause(period: Duration, unit: f64) -> Duration {
+    period.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The pause before the next session attempt: `backoff` scaled by a factor
+/// in [0.5, 1.5) drawn from `unit` (in [0, 1)). Every node of a swarm loses
+/// its session in the same instant when the leader goes; without the
+/// spread they would all dial the new leader in step, retry in step after
+/// the handshakes that timed out, and keep the storm going.
+fn jittered(backoff: Duration, unit: f64) -> Duration {
+    backoff.mul_f64(0.5 + unit.clamp(0.0, 1.0))
+}
+
+/// The manager to try next, in turn (`next` counts the turns), but never
+/// the one whose session just `failed` when there is another: the leader
+/// that died is the manager a node is most likely to pick again, and a
+/// machine that is gone (no reset, only silence) costs a whole connect
+/// timeout each time.
+fn next_manager<'a>(
+    managers: &'a [String],
+    next: &mut usize,
+    failed: Option<&str>,
+) -> Option<&'a String> {
+    if managers.is_empty() {
+        return None;
+    }
+    let mut pick = &managers[*next % managers.len()];
+    *next = next.wrapping_add(1);
+    if managers.len() > 1 && failed == Some(pick.as_str()) {
+        pick = &managers[*next % managers.len()];
+        *next = next.wrapping_add(1);
+    }
+    Some(pick)
+}
+
 fn redirect_or_fail(s: &tonic::Status) -> SessionEnd {
     if s.code() == tonic::Code::FailedPrecondition
         && let Some(addr) = s
@@ -389,44 +447,49 @@ impl ControlLoop for Agent {
     async fn run(mut self, shutdown: CancellationToken) -> Result<(), LoopError> {
         let mut next: usize = 0;
         let mut hint: Option<String> = None;
-        let mut backoff = Duration::from_millis(100);
+        let mut failed: Option<String> = None;
+        let mut backoff = INITIAL_SESSION_BACKOFF;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
             }
             let addr = match hint.take() {
                 Some(a) => a,
-                None => {
-                    if self.managers.is_empty() {
-                        return Err("this node knows no manager; rejoin the swarm".into());
-                    }
-                    let a = self.managers[next % self.managers.len()].clone();
-                    next = next.wrapping_add(1);
-                    a
-                }
+                None => next_manager(&self.managers, &mut next, failed.as_deref())
+                    .ok_or("this node knows no manager; rejoin the swarm")?
+                    .clone(),
             };
-            let started = tokio::time::Instant::now();
             let end = self.session(&addr, &shutdown).await;
-            if started.elapsed() > Duration::from_secs(5) {
-                // It was a working session: reconnect quickly.
-                backoff = Duration::from_millis(100);
-            }
+            failed = matches!(end, SessionEnd::Failed(_)).then(|| addr.clone());
+            let was_up = self.up.take();
             match end {
                 SessionEnd::Shutdown => return Ok(()),
                 SessionEnd::Redirect(leader) => {
                     tracing::debug!(from = %addr, to = %leader, "redirected to the leader");
                     hint = Some(leader);
-                    continue;
+                    if was_up.is_none() {
+                        continue;
+                    }
                 }
                 SessionEnd::Failed(why) => {
                     tracing::warn!(manager = %addr, reason = %why, "session lost; trying the next manager");
                 }
             }
+            let pause = match was_up {
+                Some(period) => {
+                    backoff = INITIAL_SESSION_BACKOFF;
+                    reconnect_pause(period, rand::random())
+                }
+                None => {
+                    let p = jittered(backoff, rand::random());
+                    backoff = (backoff * 2).min(MAX_SESSION_BACKOFF);
+                    p
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(pause) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
     }
 }
@@ -434,6 +497,57 @@ impl ControlLoop for Agent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_manager_that_just_failed_is_tried_last() {
+        let m: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        let mut next = 0;
+        let mut picks =
+            |failed: Option<&str>| next_manager(&m, &mut next, failed).map(String::as_str);
+        assert_eq!(picks(None), Some("a"));
+        assert_eq!(picks(Some("b")), Some("c"));
+        assert_eq!(picks(Some("c")), Some("a"));
+        assert_eq!(picks(None), Some("b"));
+        // One manager: it is the only one to try.
+        let one = vec!["a".to_string()];
+        assert_eq!(
+            next_manager(&one, &mut 0, Some("a")).map(String::as_str),
+            Some("a")
+        );
+        assert_eq!(next_manager(&[], &mut 0, None), None);
+    }
+
+    #[test]
+    fn reconnects_after_a_lost_session_spread_over_one_period() {
+        let period = Duration::from_secs(5);
+        assert_eq!(reconnect_pause(period, 0.0), Duration::ZERO);
+        assert_eq!(reconnect_pause(period, 0.5), Duration::from_millis(2500));
+        assert_eq!(reconnect_pause(period, 3.0), period);
+        assert_eq!(reconnect_pause(period, -3.0), Duration::ZERO);
+        // Within the grace the next leader gives a node without a session.
+        assert!(reconnect_pause(period, 1.0) < crate::dispatcher::grace(period));
+    }
+
+    #[test]
+    fn reconnects_spread_around_the_backoff() {
+        let b = Duration::from_millis(400);
+        assert_eq!(jittered(b, 0.0), Duration::from_millis(200));
+        assert_eq!(jittered(b, 0.5), b);
+        assert!(jittered(b, 0.999_999) < Duration::from_millis(600));
+        // Out-of-range draws stay inside the band.
+        assert_eq!(jittered(b, -1.0), Duration::from_millis(200));
+        assert_eq!(jittered(b, 7.0), Duration::from_millis(600));
+        // A thousand nodes that failed together come back over the whole
+        // band, not in one instant.
+        let pauses: std::collections::BTreeSet<_> = (0..1000)
+            .map(|_| jittered(MAX_SESSION_BACKOFF, rand::random()).as_millis() / 100)
+            .collect();
+        assert_eq!(
+            pauses.len(),
+            10,
+            "every 100 ms slice of 0.5-1.5 s is used: {pauses:?}"
+        );
+    }
 
     #[tokio::test(start_paused = true)]
     async fn heartbeats_once_per_period_and_follow_the_period_the_leader_gives() {

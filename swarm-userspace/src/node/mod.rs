@@ -428,7 +428,7 @@ impl NodeLoop {
         } else {
             None
         };
-        let channels = Arc::new(MtlsChannels::new(root, &identity).map_err(internal)?);
+        let channels = Arc::new(MtlsChannels::for_agent(root, &identity).map_err(internal)?);
         children.spawn(self.log_agent(channels.clone()));
         children.spawn(Agent::new(
             st.node_id.clone(),

@@ -239,7 +239,7 @@ pub async fn run(
         // swarm sees on a join, which timed connections out by the thousand
         // at 10,000 nodes.
         let channels =
-            MtlsChannels::new(&root, &j.identity).map_err(|e| SimulationError::Join {
+            MtlsChannels::for_agent(&root, &j.identity).map_err(|e| SimulationError::Join {
                 index,
                 message: e.to_string(),
             })?;
