@@ -101,6 +101,37 @@ struct Results {
     /// shutdown (heartbeat timeouts, streams ended), over the whole run:
     /// the agents' "session lost" warnings.
     session_failures: Option<u64>,
+    /// The leader killed with every node and task in place.
+    failover: Failover,
+}
+
+/// `kill -9` of the leader while every simulated node holds a session and
+/// every task runs: how long until the swarm has a leader again, until
+/// every node is back in session with it, and what the workload lost.
+#[derive(Debug, Default, Serialize)]
+struct Failover {
+    /// Which manager (1-3) was killed.
+    killed: Option<usize>,
+    /// Sessions the old leader held before the kill.
+    sessions_before: Option<u64>,
+    /// From the kill until one of the other two managers leads.
+    new_leader_s: Option<f64>,
+    /// From the kill until the new leader holds a session with every node
+    /// the old one had, bar the killed manager's own.
+    sessions_back_s: Option<f64>,
+    /// The fewest tasks the new leader counted running meanwhile (tasks
+    /// stop counting as running when their node is marked down).
+    tasks_running_min: Option<u64>,
+    /// The most nodes the new leader counted down at once meanwhile (the
+    /// killed manager included, once it is marked down).
+    nodes_down_max: Option<u64>,
+    /// "session lost" warnings the simulated nodes logged meanwhile.
+    session_failures: Option<u64>,
+    /// From the killed manager's restart until the leader holds its
+    /// session again (it reloads the store from its snapshot and log).
+    restart_s: Option<f64>,
+    /// Elections from the kill until every session was back (1 expected).
+    elections: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -432,17 +463,24 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     res.leaders.push(("tasks running".into(), leader_of(c)));
     println!("scale: {} tasks running after {placement:.2} s", opts.tasks);
 
+    let term_before_kill = term_of(c);
+    let leader = failover(c, &sim_logs, want, &mut res.failover)?;
+    res.leaders
+        .push(("after the failover".into(), Some(leader)));
+    let term_after_failover = term_of(c);
+
     let t0 = Instant::now();
-    swarm_ok(
-        c.node(leader_of(c).unwrap_or(leader)),
-        &["service", "rm", "scale"],
-    )?;
+    swarm_ok(c.node(leader), &["service", "rm", "scale"])?;
     res.removal_s = Some(time_until(t0, timeout, "every task removed", || {
-        let running = manager_gauge(c.node(leader_of(c).unwrap_or(leader)), "tasks", "running");
-        running == Some(0) || running.is_none()
+        // A manager that does not answer has not shown the removal.
+        manager_gauge(c.node(leader_of(c).unwrap_or(leader)), "tasks", "running") == Some(0)
     })?);
     res.leaders.push(("tasks removed".into(), leader_of(c)));
-    res.elections = term_start.zip(term_of(c)).map(|(a, b)| b.saturating_sub(a));
+    // The failover's own election is reported with it.
+    res.elections = term_start
+        .zip(term_before_kill)
+        .zip(term_after_failover.zip(term_of(c)))
+        .map(|((a, b), (c2, d))| b.saturating_sub(a) + d.saturating_sub(c2));
     println!(
         "scale: Raft elections during the run: {}; leaders: {:?}",
         res.elections
@@ -452,19 +490,115 @@ fn measure(c: &mut Cluster, opts: &ScaleOpts, res: &mut Results) -> anyhow::Resu
     for mut s in simulators {
         s.terminate(Duration::from_secs(10));
     }
-    res.session_failures = sim_logs
+    res.session_failures = session_failures(&sim_logs);
+    println!(
+        "scale: simulated session failures: {:?}",
+        res.session_failures
+    );
+    Ok(())
+}
+
+/// "session lost" warnings in the simulators' logs so far.
+fn session_failures(sim_logs: &[std::path::PathBuf]) -> Option<u64> {
+    sim_logs
         .iter()
         .map(|p| {
             std::fs::read_to_string(p)
                 .ok()
                 .map(|l| l.matches("session lost").count() as u64)
         })
-        .sum();
+        .sum()
+}
+
+/// Kills the leader (every task running, `want` of them), measures into
+/// `f` until every node is back in session with a new leader, restarts
+/// the killed manager and waits for its session too. Returns the new
+/// leader.
+fn failover(
+    c: &Cluster,
+    sim_logs: &[std::path::PathBuf],
+    want: u64,
+    f: &mut Failover,
+) -> anyhow::Result<usize> {
+    let old = leader_of(c).context("no single leader before the failover")?;
+    let sessions = |i: usize| {
+        metric_value(c.node(i), "swarm_dispatcher_sessions").map(|v| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let v = v as u64;
+            v
+        })
+    };
+    let before = sessions(old).context("the leader reports no session count")?;
+    f.killed = Some(old);
+    f.sessions_before = Some(before);
+    let failures_before = session_failures(sim_logs);
+    let term_before = term_of(c);
+    // Every node but the killed manager's own comes back.
+    let expected = before.saturating_sub(1);
+    #[allow(clippy::cast_possible_truncation)]
+    let timeout = Duration::from_secs(60) + Duration::from_millis(10 * before);
+
+    c.node(old).kill9();
+    let t0 = Instant::now();
+    let mut leader = None;
+    let mut running_min: Option<u64> = None;
+    let mut down_max: Option<u64> = None;
+    f.sessions_back_s = Some(time_until(
+        t0,
+        timeout,
+        "every session back after the failover",
+        || {
+            let Some(l) = leader_of(c).filter(|&l| l != old) else {
+                return false;
+            };
+            if leader.is_none() {
+                leader = Some(l);
+                f.new_leader_s = Some(t0.elapsed().as_secs_f64());
+            }
+            let Some(metrics) = scrape(c.node(l)) else {
+                return false;
+            };
+            let states = states_in(&metrics, "tasks");
+            let running = states.get("running").copied().unwrap_or(0);
+            running_min = Some(running_min.map_or(running, |m| m.min(running)));
+            if let Some(&d) = states_in(&metrics, "nodes").get("down") {
+                down_max = Some(down_max.map_or(d, |m| m.max(d)));
+            }
+            sessions(l).is_some_and(|s| s >= expected) && running == want
+        },
+    )?);
+    let leader = leader.context("the failover ended with no leader")?;
+    f.tasks_running_min = running_min;
+    f.nodes_down_max = down_max;
+    f.session_failures = session_failures(sim_logs)
+        .zip(failures_before)
+        .map(|(a, b)| a.saturating_sub(b));
+    f.elections = term_before
+        .zip(term_of(c))
+        .map(|(a, b)| b.saturating_sub(a));
     println!(
-        "scale: simulated session failures: {:?}",
-        res.session_failures
+        "scale: failover: node-{old} killed; node-{leader} leads after {:.2} s; {expected} sessions back after {:.2} s; \
+         fewest tasks running {:?}, most nodes down {:?}, session failures {:?}",
+        f.new_leader_s.unwrap_or(f64::NAN),
+        f.sessions_back_s.unwrap_or(f64::NAN),
+        f.tasks_running_min,
+        f.nodes_down_max,
+        f.session_failures,
     );
-    Ok(())
+
+    let t0 = Instant::now();
+    c.node(old).start();
+    f.restart_s = Some(time_until(
+        t0,
+        timeout,
+        "the killed manager back in session",
+        || sessions(leader).is_some_and(|s| s >= before),
+    )?);
+    println!(
+        "scale: failover: node-{old} restarted and back in session after {:.2} s",
+        f.restart_s.unwrap_or(f64::NAN)
+    );
+    Ok(leader)
 }
 
 /// A row of something that should not happen, counted.
@@ -660,6 +794,34 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         None,
         Better::Lower,
     ));
+    let f = &r.failover;
+    for (what, v) in [
+        ("failover: a new leader after", f.new_leader_s),
+        (
+            "failover: every node back in session after",
+            f.sessions_back_s,
+        ),
+        (
+            "failover: killed manager back in session after",
+            f.restart_s,
+        ),
+    ] {
+        rows.push(Row::new(what, "s", v, None, Better::Lower));
+    }
+    rows.push(count_row(
+        "failover: tasks that stopped counting as running",
+        f.tasks_running_min
+            .map(|m| (opts.tasks as u64).saturating_sub(m)),
+    ));
+    rows.push(count_row(
+        "failover: most nodes marked down at once",
+        f.nodes_down_max,
+    ));
+    rows.push(count_row(
+        "failover: simulated session failures",
+        f.session_failures,
+    ));
+    rows.push(count_row("failover: elections", f.elections));
     rows.push(Row::new(
         format!("remove {} tasks", opts.tasks),
         "s",
@@ -667,7 +829,10 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         None,
         Better::Lower,
     ));
-    rows.push(count_row("Raft elections during the run", r.elections));
+    rows.push(count_row(
+        "Raft elections during the run, the failover's apart",
+        r.elections,
+    ));
     rows.push(count_row(
         "simulated session failures (lost, or failed to open)",
         r.session_failures,
@@ -692,6 +857,12 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
          swarm_manager_tasks{state=\"running\"} equals the replicas (orchestrator, scheduler, \
          Raft, dispatch to the agents, fake executor, status reports back through Raft); \
          baseline = the scheduler's decision alone in this process, no I/O"
+            .into(),
+        "failover rows: `kill -9` of the leader with every node in session and every task \
+         running; sessions are the new leader's swarm_dispatcher_sessions (every node's but the \
+         killed manager's); then the killed manager is restarted, and the removal runs after \
+         it is back in session. Nodes marked down include the killed manager once its grace \
+         has passed"
             .into(),
         "targets (issue 8): placement >= 10,000 tasks/s on 1,000 nodes; 10,000 nodes with \
          heartbeats under 25% of one core"
