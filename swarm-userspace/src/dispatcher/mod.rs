@@ -115,6 +115,57 @@ fn verdict(session: Option<bool>, awaiting: impl FnOnce() -> bool, state: i32) -
     }
 }
 
+/// The status reports of one combined write that would change something,
+/// newest per task: task ID → (node, status). `task` looks a task up in
+/// the current view. A report is dropped if its task is gone or on
+/// another node, if it goes back (states only move forward), or if it is
+/// the status the task already has: a node resends every status on a new
+/// session, and after a failover that is every task in the swarm. Records
+/// the scheduling delay of tasks that reach RUNNING.
+fn reports_to_write<'a, T: std::ops::Deref<Target = pb::Task>>(
+    task: impl Fn(&str) -> Option<T>,
+    reports: impl Iterator<
+        Item = (
+            &'a str,
+            &'a [pb::update_task_status_request::TaskStatusUpdate],
+        ),
+    >,
+) -> HashMap<&'a str, (&'a str, &'a pb::TaskStatus)> {
+    let mut latest: HashMap<&str, (&str, &pb::TaskStatus)> = HashMap::new();
+    for (node_id, updates) in reports {
+        for u in updates {
+            let Some(t) = task(&u.task_id) else {
+                continue; // Removed meanwhile: nothing to report to.
+            };
+            // Moved to another node meanwhile: not this node's to report.
+            if t.node_id != node_id {
+                continue;
+            }
+            let Some(status) = u.status.as_ref() else {
+                continue;
+            };
+            let known = latest.get(u.task_id.as_str()).map(|(_, s)| *s);
+            let known = known.or(t.status.as_ref());
+            let current = known.map_or(0, |s| s.state);
+            if status.state < current || known == Some(status) {
+                continue;
+            }
+            if status.state >= pb::TaskState::Running as i32
+                && current < pb::TaskState::Running as i32
+                && let Some(created) = t.meta.as_ref().and_then(|m| m.created_at)
+                && let Ok(created) = std::time::SystemTime::try_from(created)
+                && let Ok(delay) = std::time::SystemTime::now().duration_since(created)
+            {
+                crate::metrics::metrics()
+                    .dispatcher_scheduling_delay
+                    .observe(delay.as_secs_f64());
+            }
+            latest.insert(u.task_id.as_str(), (node_id, status));
+        }
+    }
+    latest
+}
+
 /// How long a node given `period` may stay silent before it is marked down.
 #[must_use]
 pub fn grace(period: Duration) -> Duration {
@@ -580,43 +631,12 @@ impl Dispatcher {
         // lock keeps it in step with the leader loops' writes.
         let _w = self.m.write_lock().await;
         let view = self.m.store.view();
-        // Task ID → (node, newest status reported in this batch).
-        let mut latest: HashMap<&str, (&str, &pb::TaskStatus)> = HashMap::new();
-        for r in batch {
-            for u in &r.updates {
-                let Some(t) = view.get::<pb::Task>(&u.task_id) else {
-                    continue; // Removed meanwhile: nothing to report to.
-                };
-                // Moved to another node meanwhile: not this node's to report.
-                if t.node_id != r.node_id {
-                    continue;
-                }
-                let Some(status) = u.status.as_ref() else {
-                    continue;
-                };
-                let current = latest
-                    .get(u.task_id.as_str())
-                    .map(|(_, s)| s.state)
-                    .or(t.status.as_ref().map(|s| s.state))
-                    .unwrap_or(0);
-                // States only move forward; a late report is dropped (and
-                // would change nothing when applied).
-                if status.state < current {
-                    continue;
-                }
-                if status.state >= pb::TaskState::Running as i32
-                    && current < pb::TaskState::Running as i32
-                    && let Some(created) = t.meta.as_ref().and_then(|m| m.created_at)
-                    && let Ok(created) = std::time::SystemTime::try_from(created)
-                    && let Ok(delay) = std::time::SystemTime::now().duration_since(created)
-                {
-                    crate::metrics::metrics()
-                        .dispatcher_scheduling_delay
-                        .observe(delay.as_secs_f64());
-                }
-                latest.insert(u.task_id.as_str(), (r.node_id.as_str(), status));
-            }
-        }
+        let latest = reports_to_write(
+            |id| view.get::<pb::Task>(id),
+            batch
+                .iter()
+                .map(|r| (r.node_id.as_str(), r.updates.as_slice())),
+        );
         if latest.is_empty() {
             return Ok(());
         }
@@ -1324,6 +1344,61 @@ mod tests {
             ..Default::default()
         });
         assert!(worth_sending(Some(&running), &respec));
+    }
+
+    #[test]
+    fn only_reports_that_change_a_task_are_written() {
+        use pb::update_task_status_request::TaskStatusUpdate;
+        let base = crate::store::testutil::task("t", "s", 1, "n");
+        let running = std::sync::Arc::new(with_state(&base, pb::TaskState::Running));
+        let tasks = [("t", running.clone())];
+        let lookup = |id: &str| tasks.iter().find(|(k, _)| *k == id).map(|(_, t)| t.clone());
+        let update = |id: &str, s: pb::TaskState| TaskStatusUpdate {
+            task_id: id.into(),
+            status: Some(pb::TaskStatus {
+                state: s as i32,
+                ..Default::default()
+            }),
+        };
+        let resend = TaskStatusUpdate {
+            task_id: "t".into(),
+            status: running.status.clone(),
+        };
+        let check = |node: &str, updates: &[TaskStatusUpdate]| {
+            reports_to_write(lookup, std::iter::once((node, updates)))
+                .into_iter()
+                .map(|(t, (n, s))| (t.to_string(), n.to_string(), s.state))
+                .collect::<Vec<_>>()
+        };
+        // The status the task has (a resend to a new leader), one that goes
+        // back, another node's, an unknown task's: nothing to write.
+        let none: Vec<(String, String, i32)> = Vec::new();
+        assert_eq!(check("n", std::slice::from_ref(&resend)), none);
+        assert_eq!(check("n", &[update("t", pb::TaskState::Starting)]), none);
+        assert_eq!(check("other", &[update("t", pb::TaskState::Failed)]), none);
+        assert_eq!(check("n", &[update("gone", pb::TaskState::Failed)]), none);
+        // A change is written, the newest of the batch.
+        assert_eq!(
+            check(
+                "n",
+                &[
+                    resend.clone(),
+                    update("t", pb::TaskState::Complete),
+                    update("t", pb::TaskState::Failed),
+                ]
+            ),
+            [(
+                "t".to_string(),
+                "n".to_string(),
+                pb::TaskState::Failed as i32
+            )]
+        );
+        // The same state with something else changed (its message) is a change.
+        let mut said = resend.clone();
+        if let Some(s) = said.status.as_mut() {
+            s.message = "restarted probe".into();
+        }
+        assert_eq!(check("n", &[said]).len(), 1);
     }
 
     /// Two sessions of one node in one combined write: the later one's

@@ -519,7 +519,13 @@ impl Tables {
         stamp: &mut Stamp,
     ) -> Option<Event> {
         let old = self.tasks.get(task_id).cloned()?;
-        if old.node_id != node_id || status.state < task_state(&old) {
+        // A report of the status the task already has (a node resends all
+        // its statuses to a new leader) changes nothing, not even the
+        // version: watchers are not woken for it.
+        if old.node_id != node_id
+            || status.state < task_state(&old)
+            || old.status.as_ref() == Some(&status)
+        {
             return None;
         }
         let mut task = pb::Task::clone(&old);

@@ -269,7 +269,7 @@ fn a_status_report_sets_the_status_and_stamps_the_task() {
 }
 
 #[test]
-fn a_late_or_foreign_report_changes_nothing_and_the_batch_still_applies() {
+fn a_late_foreign_or_repeated_report_changes_nothing_and_the_batch_still_applies() {
     use pb::TaskState as S;
     let store = store_with(vec![
         create(task("t1", "s", 1, "n1")),
@@ -293,6 +293,8 @@ fn a_late_or_foreign_report_changes_nothing_and_the_batch_still_applies() {
                     status_report("t2", "n2", state(S::Running)),
                     // Gone: dropped.
                     status_report("gone", "n1", state(S::Running)),
+                    // What t1 already has (a resend): dropped.
+                    status_report("t1", "n1", state(S::Running)),
                     // Applies.
                     status_report("t2", "n1", state(S::Failed)),
                 ],
