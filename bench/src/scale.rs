@@ -132,6 +132,10 @@ struct Failover {
     restart_s: Option<f64>,
     /// Elections from the kill until every session was back (1 expected).
     elections: Option<u64>,
+    /// Raft log entries from the kill until every session was back: what
+    /// the reconnecting nodes made the managers write (their statuses,
+    /// resent to the new leader, change nothing and should write nothing).
+    raft_entries: Option<u64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -533,6 +537,14 @@ fn failover(
     f.sessions_before = Some(before);
     let failures_before = session_failures(sim_logs);
     let term_before = term_of(c);
+    let log_index = |i: usize| {
+        metric_value(c.node(i), "swarm_raft_last_log_index").map(|v| {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let v = v as u64;
+            v
+        })
+    };
+    let index_before = log_index(old);
     // Every node but the killed manager's own comes back.
     let expected = before.saturating_sub(1);
     #[allow(clippy::cast_possible_truncation)]
@@ -576,14 +588,18 @@ fn failover(
     f.elections = term_before
         .zip(term_of(c))
         .map(|(a, b)| b.saturating_sub(a));
+    f.raft_entries = index_before
+        .zip(log_index(leader))
+        .map(|(a, b)| b.saturating_sub(a));
     println!(
         "scale: failover: node-{old} killed; node-{leader} leads after {:.2} s; {expected} sessions back after {:.2} s; \
-         fewest tasks running {:?}, most nodes down {:?}, session failures {:?}",
+         fewest tasks running {:?}, most nodes down {:?}, session failures {:?}, Raft entries {:?}",
         f.new_leader_s.unwrap_or(f64::NAN),
         f.sessions_back_s.unwrap_or(f64::NAN),
         f.tasks_running_min,
         f.nodes_down_max,
         f.session_failures,
+        f.raft_entries,
     );
 
     let t0 = Instant::now();
@@ -822,6 +838,10 @@ fn report(opts: &ScaleOpts, r: &Results, run: RunInfo) -> Report {
         f.session_failures,
     ));
     rows.push(count_row("failover: elections", f.elections));
+    rows.push(count_row(
+        "failover: Raft entries until every session was back",
+        f.raft_entries,
+    ));
     rows.push(Row::new(
         format!("remove {} tasks", opts.tasks),
         "s",
