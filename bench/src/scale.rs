@@ -193,13 +193,24 @@ fn scrape(n: &Node) -> Option<String> {
         .map(|r| r.body)
 }
 
-/// One unlabelled series from node `n`'s metrics.
-fn metric_value(n: &Node, series: &str) -> Option<f64> {
-    scrape(n)?.lines().find_map(|l| {
+/// One unlabelled series in scraped `metrics`.
+fn series_in(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
         l.strip_prefix(series)
             .and_then(|v| v.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
     })
+}
+
+/// One unlabelled series from node `n`'s metrics.
+fn metric_value(n: &Node, series: &str) -> Option<f64> {
+    series_in(&scrape(n)?, series)
+}
+
+/// One unlabelled series from node `n`'s metrics, as a count.
+fn metric_count(n: &Node, series: &str) -> Option<u64> {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    metric_value(n, series).map(|v| v as u64)
 }
 
 /// The manager (1-3) that says it leads, if exactly one does.
@@ -213,13 +224,8 @@ fn leader_of(c: &Cluster) -> Option<usize> {
 /// The highest Raft term any manager reports.
 fn term_of(c: &Cluster) -> Option<u64> {
     (1..=3)
-        .filter_map(|i| metric_value(c.node(i), "swarm_raft_term"))
-        .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.max(t))))
-        .map(|t| {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let t = t as u64;
-            t
-        })
+        .filter_map(|i| metric_count(c.node(i), "swarm_raft_term"))
+        .max()
 }
 
 /// CPU cores the leader used over `window`, if one manager led throughout.
@@ -525,29 +531,17 @@ fn failover(
     f: &mut Failover,
 ) -> anyhow::Result<usize> {
     let old = leader_of(c).context("no single leader before the failover")?;
-    let sessions = |i: usize| {
-        metric_value(c.node(i), "swarm_dispatcher_sessions").map(|v| {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let v = v as u64;
-            v
-        })
-    };
+    const SESSIONS: &str = "swarm_dispatcher_sessions";
+    let sessions = |i: usize| metric_count(c.node(i), SESSIONS);
     let before = sessions(old).context("the leader reports no session count")?;
     f.killed = Some(old);
     f.sessions_before = Some(before);
     let failures_before = session_failures(sim_logs);
     let term_before = term_of(c);
-    let log_index = |i: usize| {
-        metric_value(c.node(i), "swarm_raft_last_log_index").map(|v| {
-            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-            let v = v as u64;
-            v
-        })
-    };
+    let log_index = |i: usize| metric_count(c.node(i), "swarm_raft_last_log_index");
     let index_before = log_index(old);
     // Every node but the killed manager's own comes back.
     let expected = before.saturating_sub(1);
-    #[allow(clippy::cast_possible_truncation)]
     let timeout = Duration::from_secs(60) + Duration::from_millis(10 * before);
 
     c.node(old).kill9();
@@ -576,7 +570,9 @@ fn failover(
             if let Some(&d) = states_in(&metrics, "nodes").get("down") {
                 down_max = Some(down_max.map_or(d, |m| m.max(d)));
             }
-            sessions(l).is_some_and(|s| s >= expected) && running == want
+            // From the same scrape: one per poll is load enough on a leader
+            // taking 10,000 sessions back.
+            series_in(&metrics, SESSIONS).is_some_and(|s| s >= expected as f64) && running == want
         },
     )?);
     let leader = leader.context("the failover ended with no leader")?;

@@ -144,8 +144,7 @@ fn reports_to_write<'a, T: std::ops::Deref<Target = pb::Task>>(
             let Some(status) = u.status.as_ref() else {
                 continue;
             };
-            let known = latest.get(u.task_id.as_str()).map(|(_, s)| *s);
-            let known = known.or(t.status.as_ref());
+            let known = (latest.get(u.task_id.as_str()).map(|(_, s)| *s)).or(t.status.as_ref());
             let current = known.map_or(0, |s| s.state);
             if status.state < current || known == Some(status) {
                 continue;
